@@ -1,0 +1,1 @@
+"""Command-line entry points (``meer-train``, ``meer-restore``, ``meer-mask``, ``meer-align``, ``meer-eval``)."""

@@ -1,0 +1,14 @@
+"""`meer-train` (placeholder until its issue lands)."""
+from __future__ import annotations
+
+import sys
+
+from meer.cli.common import not_implemented
+
+
+def main(argv: list[str] | None = None) -> int:
+    return not_implemented("meer-train", "issue #4 (MEER model and meer-train)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Small shared helpers with no model or training knowledge: errors, image files, folders."""
