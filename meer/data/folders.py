@@ -1,0 +1,40 @@
+"""Scanning ``root/<identity>/<images>`` trees, with one-line errors for the cases users hit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from meer.utils.errors import MeerError
+from meer.utils.files import IMAGE_EXTENSIONS
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder`` (sorted by name, hidden files skipped)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def identity_folders(root: str | Path) -> list[Path]:
+    """The identity sub-folders of ``root`` (sorted, hidden ones skipped); errors if there are none."""
+    root = Path(root)
+    if not root.exists():
+        raise MeerError(f"dataset root not found: {root}")
+    if not root.is_dir():
+        raise MeerError(f"dataset root is not a folder: {root}")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise MeerError(f"no identity folders in {root} (expected {root}/<identity>/<images>)")
+    return folders
+
+
+def scan_identity_root(root: str | Path) -> dict[str, list[Path]]:
+    """``{identity name: sorted image paths}`` for ``root/<identity>/*``.
+
+    An identity folder without a single image is an error naming that folder (a half-copied or
+    mis-laid dataset should stop a run before its first step, not thin it out silently)."""
+    out: dict[str, list[Path]] = {}
+    for folder in identity_folders(root):
+        files = image_files(folder)
+        if not files:
+            raise MeerError(f"identity folder has no images: {folder}")
+        out[folder.name] = files
+    return out
