@@ -1,0 +1,194 @@
+"""Batched face detection with 5 landmarks: facenet-pytorch's MTCNN plus a fallback for masked faces.
+
+MTCNN's weights ship inside the facenet-pytorch wheel, so detection works offline. Masks hide the
+mouth and nose MTCNN keys on, and tight crops leave no context around the face; the detector
+therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
+
+* lowers the three stage thresholds (``thresholds``);
+* runs a cascade of MTCNN passes (``passes``): images without a face after one pass get the next,
+  which adds a constant border around the photo (so faces that fill the frame are seen whole by the
+  pyramid) and/or searches smaller faces than MTCNN's default (upsampling small photos);
+* for images where MTCNN still finds nothing, asks dlib's CNN face detector (``fallback="dlib"``,
+  optional ``judge`` extra) for boxes and places the 5 landmarks with MTCNN's ONet on those boxes.
+
+``detect`` always returns one (possibly empty) list of :class:`FaceDetection` per image, never
+``None`` or object arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+
+from meer.utils.errors import MeerError
+
+DEFAULT_THRESHOLDS = (0.5, 0.6, 0.6)
+# (border as a fraction of the longer side, minimum face size in pixels) of each MTCNN pass
+DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12))
+
+
+@dataclass
+class FaceDetection:
+    """One face: box ``x1 y1 x2 y2`` and 5 landmarks ``(x, y)`` in the image's pixel coordinates."""
+
+    box: np.ndarray  # (4,) float32
+    score: float
+    landmarks: np.ndarray  # (5, 2) float32, order of meer.faces.template.ARCFACE_112
+    detector: str  # "mtcnn" or "dlib-cnn+onet"
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
+
+    def to_dict(self) -> dict:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": round(float(self.score), 5),
+            "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in self.landmarks],
+            "detector": self.detector,
+        }
+
+
+def largest(dets: Sequence[FaceDetection]) -> FaceDetection | None:
+    """The detection with the largest box area, or ``None`` for an empty list."""
+    return max(dets, key=lambda d: d.area) if dets else None
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is a one-line error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MeerError("--device cuda requested but CUDA is not available (use --device cpu or auto)")
+    return dev
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Accept H x W (gray), H x W x 1/3/4 uint8 arrays; return H x W x 3 uint8 RGB."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        raise MeerError(f"images must be uint8 arrays, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise MeerError(f"images must be H x W x 3 arrays, got shape {tuple(arr.shape)}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise MeerError(f"image too small for detection ({arr.shape[1]}x{arr.shape[0]})")
+    return np.ascontiguousarray(arr)
+
+
+class FaceDetector:
+    """Find faces and their 5 landmarks in batches of RGB images.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
+        thresholds: MTCNN P/R/O-net score thresholds (facenet-pytorch's default is 0.6, 0.7, 0.7).
+        passes: ``(pad, min_face_size)`` of each MTCNN pass, tried in order on the images without a
+            face yet: ``pad`` is a constant (mean colour) border added on every side, as a fraction of
+            the longer side; ``min_face_size`` the smallest face side searched (MTCNN's default: 20 px).
+        fallback: ``"dlib"`` to try dlib's CNN detector on images where MTCNN found nothing, or ``None``.
+        fallback_upsample: how often dlib upsamples the image (each doubles the cost, finds smaller faces).
+        batch_size: images per MTCNN forward pass (images of the same size are batched together).
+        mtcnn_module: an existing ``facenet_pytorch.MTCNN`` (tests pass one with random weights).
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+        passes: Sequence[tuple[float, int]] = DEFAULT_PASSES,
+        fallback: Literal["dlib"] | None = "dlib",
+        fallback_upsample: int = 1,
+        batch_size: int = 16,
+        factor: float = 0.709,
+        mtcnn_module=None,
+    ):
+        if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
+            raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(thresholds)}")
+        if not passes:
+            raise MeerError("at least one MTCNN pass is needed")
+        for pad, min_face_size in passes:
+            if min_face_size < 12:
+                raise MeerError(f"min_face_size must be >= 12 (MTCNN's cell size), got {min_face_size}")
+            if not 0.0 <= pad <= 1.0:
+                raise MeerError(f"pad must be a fraction in [0, 1], got {pad}")
+        if batch_size < 1:
+            raise MeerError(f"batch size must be >= 1, got {batch_size}")
+        self.device = resolve_device(device)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.passes = tuple((float(p), int(m)) for p, m in passes)
+        self.factor = float(factor)
+        self.batch_size = int(batch_size)
+        if mtcnn_module is None:
+            from facenet_pytorch import MTCNN
+
+            mtcnn_module = MTCNN(device=self.device)
+        self.mtcnn = mtcnn_module.to(self.device).eval()
+        self.fallback = None
+        if fallback == "dlib":
+            from meer.faces.fallback import load_dlib_fallback
+
+            self.fallback = load_dlib_fallback(self.mtcnn.onet, self.device, upsample=fallback_upsample)
+        elif fallback is not None:
+            raise MeerError(f"unknown fallback detector {fallback!r} (use 'dlib' or None)")
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[FaceDetection]]:
+        """One list of detections per image (sorted by decreasing box area; empty when no face)."""
+        arrays = [as_rgb_uint8(im) for im in images]
+        results: list[list[FaceDetection]] = [[] for _ in arrays]
+        for pad, min_face_size in self.passes:
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, arr in enumerate(arrays):
+                if not results[i]:
+                    groups.setdefault(arr.shape[:2], []).append(i)
+            for idxs in groups.values():
+                for start in range(0, len(idxs), self.batch_size):
+                    chunk = idxs[start:start + self.batch_size]
+                    found = self._mtcnn_batch([arrays[i] for i in chunk], pad, min_face_size)
+                    for i, dets in zip(chunk, found):
+                        results[i] = dets
+        if self.fallback is not None:
+            for i, arr in enumerate(arrays):
+                if not results[i]:
+                    results[i] = self.fallback.detect(arr)
+        return [sorted(dets, key=lambda d: -d.area) for dets in results]
+
+    def detect_one(self, image: np.ndarray) -> list[FaceDetection]:
+        return self.detect([image])[0]
+
+    @torch.no_grad()
+    def _mtcnn_batch(self, arrays: list[np.ndarray], pad: float, min_face_size: int) -> list[list[FaceDetection]]:
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
+        h, w = arrays[0].shape[:2]
+        p = int(round(pad * max(h, w)))
+        batch = torch.from_numpy(np.stack(arrays)).to(self.device)  # B x H x W x 3 uint8
+        if p > 0:
+            fill = batch.float().mean(dim=(1, 2), keepdim=True)  # each image's mean colour
+            padded = fill.expand(len(arrays), h + 2 * p, w + 2 * p, 3).clone()
+            padded[:, p:p + h, p:p + w] = batch.float()
+            batch = padded
+        if min(h, w) + 2 * p < min_face_size:  # smaller than MTCNN's first pyramid level
+            return [[] for _ in arrays]
+        boxes, points = detect_face(batch, min_face_size, self.mtcnn.pnet, self.mtcnn.rnet,
+                                    self.mtcnn.onet, list(self.thresholds), self.factor, self.device)
+        out = []
+        for bx, pt in zip(boxes, points):
+            dets = []
+            for b, lm in zip(np.asarray(bx, dtype=np.float32).reshape(-1, 5),
+                             np.asarray(pt, dtype=np.float32).reshape(-1, 5, 2)):
+                box = b[:4] - p
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                if not (0 <= cx < w and 0 <= cy < h):  # a "face" in the padding
+                    continue
+                dets.append(FaceDetection(box=box.astype(np.float32), score=float(b[4]),
+                                          landmarks=(lm - p).astype(np.float32), detector="mtcnn"))
+            out.append(dets)
+        return out
