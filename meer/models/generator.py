@@ -1,0 +1,99 @@
+"""U-Net generator: identity code + visible-region encoder skips -> full (unmasked) face.
+
+* **Bottleneck**: the deepest encoder features times the visibility ``1 - M`` (area-downsampled), concatenated
+  with the identity code broadcast over the grid (``Linear(id_code)`` plus a learned positional constant, as
+  StyleGAN's constant input), then ``conv3x3 -> GroupNorm -> FiLM(id_code) -> LeakyReLU``.
+* **Up path**: for every shallower encoder level, upsample (bilinear, to the skip's exact size), concatenate the
+  skip times the downsampled visibility, and apply two ``conv3x3 -> GroupNorm -> FiLM -> LeakyReLU`` layers.
+  The FiLM scales and shifts come from the identity code (zero-initialised, so training starts from plain
+  GroupNorm) -- identity modulates every scale, which is what fills the hole once the skips are zeroed there.
+* **Output stage**: upsample to the image size, concatenate the visible input pixels ``x * (1 - M)`` and the
+  visibility map, ``conv3x3 -> LeakyReLU -> conv3x3 -> tanh``, mapped to [0, 1].
+
+Content inside the occluded region can therefore only come from the identity code and from visible context;
+see ``docs/meer_model.md`` for the one leak this does not close (receptive fields of visible positions near the
+mask border in the encoder).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _groups(ch: int) -> int:
+    return math.gcd(ch, 8)
+
+
+class FiLMConv(nn.Module):
+    """``conv3x3 -> GroupNorm(affine=False) -> x * (1 + gamma(z)) + beta(z) -> LeakyReLU(0.2)``."""
+
+    def __init__(self, in_ch: int, out_ch: int, z_dim: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
+        self.norm = nn.GroupNorm(_groups(out_ch), out_ch, affine=False)
+        self.film = nn.Linear(z_dim, 2 * out_ch)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.conv(x))
+        gamma, beta = self.film(z).to(h.dtype).unsqueeze(-1).unsqueeze(-1).chunk(2, dim=1)
+        return F.leaky_relu(h * (1 + gamma) + beta, 0.2)
+
+
+class UNetGenerator(nn.Module):
+    """Decoder over the encoder levels ``enc_channels`` (stem first, deepest last)."""
+
+    def __init__(
+        self,
+        enc_channels: list[int],
+        deep_size: int,
+        id_dim: int = 256,
+        width: int = 32,
+        max_width: int = 256,
+        seed_channels: int | None = None,
+    ) -> None:
+        super().__init__()
+        n = len(enc_channels)
+        widths = [min(width * 2**i, max_width) for i in range(n)]  # decoder width per level
+        seed = seed_channels or widths[-1]
+        self.seed = nn.Linear(id_dim, seed)
+        self.seed_const = nn.Parameter(torch.zeros(1, seed, deep_size, deep_size))
+        self.bottleneck = FiLMConv(enc_channels[-1] + seed, widths[-1], id_dim)
+        ups = []
+        for level in range(n - 2, -1, -1):
+            in_ch = widths[level + 1] + enc_channels[level]
+            ups.append(nn.ModuleList([FiLMConv(in_ch, widths[level], id_dim), FiLMConv(widths[level], widths[level], id_dim)]))
+        self.ups = nn.ModuleList(ups)
+        out_mid = max(widths[0] // 2, 8)
+        self.to_rgb = nn.Sequential(
+            nn.Conv2d(widths[0] + 3 + 1, out_mid, 3, 1, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(out_mid, 3, 3, 1, 1),
+        )
+
+    def forward(
+        self, feats: list[torch.Tensor], id_code: torch.Tensor, visible: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """``feats``: encoder levels; ``id_code``: ``B x id_dim``; ``visible``: ``B x 1 x H x W`` (1 = visible);
+        ``x``: the masked input in [-1, 1]. Returns ``B x 3 x H x W`` in [0, 1]."""
+
+        def vis_at(t: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(visible, size=t.shape[-2:], mode="area").to(t.dtype)
+
+        deep = feats[-1]
+        b, _, h, w = deep.shape
+        seed = self.seed(id_code).unsqueeze(-1).unsqueeze(-1) + self.seed_const
+        seed = seed.expand(b, -1, h, w) if seed.shape[-2:] == (h, w) else F.interpolate(seed.expand(b, -1, -1, -1), size=(h, w))
+        y = self.bottleneck(torch.cat([deep * vis_at(deep), seed.to(deep.dtype)], dim=1), id_code)
+        for (conv_a, conv_b), skip in zip(self.ups, reversed(feats[:-1])):
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = conv_a(torch.cat([y, (skip * vis_at(skip)).to(y.dtype)], dim=1), id_code)
+            y = conv_b(y, id_code)
+        y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        v = visible.to(y.dtype)
+        y = self.to_rgb(torch.cat([y, (x * visible).to(y.dtype), v], dim=1))
+        return (torch.tanh(y.float()) + 1.0) * 0.5
