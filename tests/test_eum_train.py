@@ -1,0 +1,109 @@
+"""EUM training: a tiny overfit run pulls masked embeddings towards their unmasked ones."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from meer.losses.srt import SRTConfig, SRTLoss
+from meer.models.eum import EUM, EUMConfig, FrozenEmbedder
+from meer.training.tasks.eum_srt import EmbedderConfig, build_embedder, eum_step
+from meer.utils.errors import MeerError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny matrices: a second intra-op thread only adds synchronisation (badly so on a busy 2-core box)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyRecognizer(torch.nn.Module):
+    def __init__(self, dim=32):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 5, stride=4, padding=2)
+        self.fc = torch.nn.Linear(16 * 4 * 4, dim)
+
+    def forward(self, x):
+        x = torch.tanh(self.conv(x * 2 - 1))
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+def synthetic_set(n_ids=8, per_id=4, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(n_ids, 3, size, size, generator=g)
+    clean = protos.repeat_interleave(per_id, 0) + 0.05 * torch.randn(n_ids * per_id, 3, size, size, generator=g)
+    clean = clean.clamp(0, 1)
+    masked = clean.clone()
+    masked[:, :, size // 2:, :] = torch.tensor([0.2, 0.5, 0.8])[:, None, None]  # a "mask" on the lower half
+    labels = torch.arange(n_ids).repeat_interleave(per_id)
+    return clean, masked, labels
+
+
+@pytest.mark.parametrize("kind", ["srt", "triplet"])
+def test_tiny_overfit_raises_masked_to_clean_cosine(kind):
+    torch.manual_seed(0)
+    clean, masked, labels = synthetic_set()
+    embedder = FrozenEmbedder(TinyRecognizer())
+    e_masked, e_clean = embedder(masked), embedder(clean)
+    eum = EUM(EUMConfig(embedding_dim=32, hidden_dim=64, depth=3, residual=True))
+    loss_fn = SRTLoss(SRTConfig(kind=kind, mining="semihard"))
+    opt = torch.optim.Adam(eum.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    first = eum_step(e_masked, e_clean, labels, eum, None, loss_fn, g, precomputed=True)
+    losses = []
+    for _ in range(150):
+        perm = torch.randperm(len(labels), generator=g)[:16]
+        out = eum_step(e_masked[perm], e_clean[perm], labels[perm], eum, None, loss_fn, g, precomputed=True)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    eum.eval()
+    with torch.no_grad():
+        after = torch.nn.functional.cosine_similarity(eum(e_masked), e_clean).mean().item()
+    before = first["cos_before"].item()
+    assert before < 0.9
+    assert after > before + 0.05, (before, after)
+    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20
+    # rank-1: the EUM output of each masked face finds its own identity among the clean ones
+    with torch.no_grad():
+        sims = torch.nn.functional.normalize(eum(e_masked), dim=1) @ torch.nn.functional.normalize(e_clean, dim=1).t()
+    sims.fill_diagonal_(-2)  # not its own clean image
+    assert (labels[sims.argmax(1)] == labels).float().mean() >= 0.9
+
+
+def test_eum_step_on_images_matches_precomputed():
+    clean, masked, labels = synthetic_set(n_ids=3, per_id=2)
+    embedder = FrozenEmbedder(TinyRecognizer())
+    eum = EUM(EUMConfig(embedding_dim=32, depth=2)).eval()
+    loss_fn = SRTLoss(SRTConfig(mining="hard"))
+    a = eum_step(masked, clean, labels, eum, embedder, loss_fn)
+    b = eum_step(embedder(masked), embedder(clean), labels, eum, None, loss_fn, precomputed=True)
+    assert torch.allclose(a["loss"], b["loss"]) and set(a) >= {"loss", "cos_before", "cos_after", "d_ap", "restrained"}
+    with pytest.raises(MeerError, match="needs an embedder"):
+        eum_step(masked, clean, labels, eum, None, loss_fn)
+
+
+def test_embedder_config_errors(tmp_path):
+    with pytest.raises(MeerError, match="path is required"):
+        build_embedder(EmbedderConfig(kind="torchscript"))
+    with pytest.raises(MeerError, match="TorchScript embedder not found"):
+        build_embedder(EmbedderConfig(kind="torchscript", path=str(tmp_path / "x.pt")))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(MeerError, match="not a TorchScript file"):
+        build_embedder(EmbedderConfig(kind="torchscript", path=str(bad)))
+    with pytest.raises(MeerError, match="facenet weights not found"):
+        build_embedder(EmbedderConfig(kind="facenet", path=str(tmp_path / "w.pt")))
+
+
+def test_torchscript_embedder_roundtrip(tmp_path):
+    rec = TinyRecognizer().eval()
+    path = tmp_path / "rec.pt"
+    torch.jit.script(rec).save(str(path))
+    emb = build_embedder(EmbedderConfig(kind="torchscript", path=str(path), input_size=32))
+    x = torch.rand(2, 3, 64, 64)
+    ref = rec(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True))
+    assert torch.allclose(emb(x), ref, atol=1e-5)
