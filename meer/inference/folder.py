@@ -1,0 +1,227 @@
+"""Restoring every photo under a folder into the layout GFPGAN / CodeFormer users know.
+
+``OUTPUT/``
+  ``restored_imgs/``   full photos, same relative paths, names and formats as the inputs (gray, alpha
+                       and 16-bit kept; GIF / PPM / PGM inputs are written as PNG)
+  ``cropped_faces/``   aligned 112 x 112 input faces, ``<relative folder>/{stem}_{idx:02d}.png``
+  ``restored_faces/``  the same faces restored (identical to the crop when passed through)
+  ``masks/``           predicted occlusion maps (8-bit gray, 255 = occluded)
+  ``cmp/``             ``[input | occlusion | restored]`` strip per face
+  ``summary.csv``, ``summary.json``  see ``meer.inference.summary``
+
+Bad files never stop the run: each is recorded with its status and reason. Photos without a face
+are listed (``no_face``) and not written to ``restored_imgs``; photos whose faces were all passed
+through are copied byte for byte.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tqdm import tqdm
+
+from meer.inference.pipeline import Restorer, RestoreResult
+from meer.inference.summary import PhotoRecord, totals, write_summary
+from meer.inference.visuals import comparison_strip, occlusion_image
+from meer.utils.errors import ImageError, MeerError, OutputExistsError
+from meer.utils.files import IMAGE_EXTENSIONS, atomic_write_bytes, check_output_dir, iter_files
+from meer.utils.images import LoadedImage, read_image, write_image
+
+SUBDIRS = ("restored_imgs", "cropped_faces", "restored_faces", "masks", "cmp")
+SUMMARY_FILES = ("summary.csv", "summary.json")
+WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class FolderRun:
+    """Outcome of ``restore_folder``."""
+
+    output: Path
+    records: list[PhotoRecord]
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)  # read / detect / align / model / paste / write
+
+    @property
+    def totals(self) -> dict[str, int]:
+        return totals(self.records)
+
+    def exit_code(self) -> int:
+        """0 when at least one photo was processed (skipped files are fine), 1 when none could be."""
+        return 0 if self.totals["photos_ok"] > 0 else 1
+
+    def final_line(self) -> str:
+        t = self.totals
+        secs = max(self.seconds, 1e-9)
+        return (f"{t['photos']} photos ({t['photos_ok']} ok, {t['photos_skipped']} skipped), {t['faces']} faces "
+                f"({t['faces_restored']} restored, {t['faces_passthrough']} passed through) in {self.seconds:.1f} s: "
+                f"{t['photos'] / secs:.2f} photos/s, {t['faces'] / secs:.2f} faces/s -> {self.output}")
+
+
+def check_output(input_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an OUTPUT inside INPUT, and one that already holds results unless ``overwrite``."""
+    out = check_output_dir(input_path, output_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{output_dir} exists and is not a folder")
+    existing = [name for name in SUBDIRS + SUMMARY_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        shown = ", ".join(n + ("/" if n in SUBDIRS else "") for n in existing)
+        raise OutputExistsError(f"{output_dir} already holds results ({shown}); use --overwrite to replace them")
+    return out
+
+
+def list_inputs(input_path: str | Path) -> tuple[Path, list[Path]]:
+    """(root, files): every non-hidden file under INPUT, recursively (a single file is its own list)."""
+    root = Path(input_path)
+    if not root.exists():
+        raise MeerError(f"input not found: {input_path}")
+    files = list(iter_files(root))
+    return (root.parent if root.is_file() else root), files
+
+
+def face_keys(rel_paths: list[Path]) -> dict[Path, str]:
+    """Crop name stems: the file's stem, or ``stem_ext`` when two inputs of a folder share a stem."""
+    seen: dict[tuple[Path, str], int] = {}
+    for rel in rel_paths:
+        seen[(rel.parent, rel.stem)] = seen.get((rel.parent, rel.stem), 0) + 1
+    return {rel: (rel.stem if seen[(rel.parent, rel.stem)] == 1 else f"{rel.stem}_{rel.suffix.lstrip('.').lower()}")
+            for rel in rel_paths}
+
+
+def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Restorer, *, overwrite: bool = False,
+                   progress: bool = True, run_info: dict[str, Any] | None = None,
+                   on_record: Callable[[PhotoRecord], None] | None = None) -> FolderRun:
+    """Restore every image under ``input_path`` into ``output_dir`` (layout above) and write the summary."""
+    out = check_output(input_path, output_dir, overwrite)
+    root, files = list_inputs(input_path)
+    rels = [p.relative_to(root) for p in files]
+    keys = face_keys(rels)
+    records: list[PhotoRecord] = []
+    timings = {k: 0.0 for k in ("read", "detect", "align", "model", "paste", "write")}
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(files), unit="photo", desc="meer-restore", disable=not progress, dynamic_ncols=True)
+    n_faces = 0
+    try:
+        for chunk in _chunks(list(zip(files, rels)), restorer.batch_size):
+            loaded: list[tuple[Path, Path, LoadedImage, float]] = []
+            for path, rel in chunk:
+                t0 = time.perf_counter()
+                rec = _read(path, rel, restorer)
+                dt = time.perf_counter() - t0
+                timings["read"] += dt
+                if isinstance(rec, PhotoRecord):
+                    rec.seconds = dt
+                    records.append(rec)
+                    bar.update(1)
+                    if on_record:
+                        on_record(rec)
+                else:
+                    loaded.append((path, rel, rec, dt))
+            for (path, rel, image, read_s), result in zip(loaded, _restore(restorer, [x[2] for x in loaded])):
+                t0 = time.perf_counter()
+                rec = _write(out, path, rel, keys[rel], image, result, overwrite)
+                dt = time.perf_counter() - t0
+                timings["write"] += dt
+                if isinstance(result, RestoreResult):
+                    for k, v in result.timings.items():
+                        timings[k] += v
+                    rec.seconds = read_s + result.seconds + dt
+                else:
+                    rec.seconds = read_s
+                records.append(rec)
+                n_faces += len(rec.faces)
+                bar.update(1)
+                bar.set_postfix(faces=n_faces, refresh=False)
+                if on_record:
+                    on_record(rec)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    run = dict(run_info or {})
+    run.update({"input": str(input_path), "output": str(output_dir), "seconds": round(seconds, 3),
+                "timings": {k: round(v, 4) for k, v in timings.items()},
+                "options": {"batch_size": restorer.batch_size, "faces": restorer.faces, "aligned": restorer.aligned,
+                            "min_occlusion": restorer.min_occlusion, "min_face": restorer.min_face,
+                            "dilate": restorer.dilate, "feather": restorer.feather}})
+    write_summary(out, records, run)
+    return FolderRun(output=out, records=records, seconds=seconds, timings=timings)
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _read(path: Path, rel: Path, restorer: Restorer) -> LoadedImage | PhotoRecord:
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return PhotoRecord(str(rel), "unreadable", f"not an image file (extension {path.suffix or 'none'})")
+    try:
+        image = read_image(path)
+    except ImageError as exc:
+        reason = str(exc).replace(f"{path}: ", "", 1)
+        return PhotoRecord(str(rel), "unreadable", reason)
+    w, h = image.size
+    if min(w, h) < restorer.min_face:
+        return PhotoRecord(str(rel), "too_small", f"image is {w}x{h}, smaller than the smallest face searched "
+                                                  f"({restorer.min_face} px)", width=w, height=h)
+    return image
+
+
+def _restore(restorer: Restorer, images: list[LoadedImage]) -> list[RestoreResult | Exception]:
+    """Restore a batch; when the batch fails, retry photo by photo so only the culprit is an error."""
+    if not images:
+        return []
+    try:
+        return list(restorer.restore_images(images))
+    except Exception as exc:  # noqa: BLE001 - one bad photo must not stop the run
+        if len(images) == 1:
+            return [exc]
+    results: list[RestoreResult | Exception] = []
+    for image in images:
+        try:
+            results.append(restorer.restore_image(image))
+        except Exception as exc:  # noqa: BLE001
+            results.append(exc)
+    return results
+
+
+def _error_reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, MeerError) else f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
+def _write(out: Path, path: Path, rel: Path, key: str, image: LoadedImage, result: RestoreResult | Exception,
+           overwrite: bool) -> PhotoRecord:
+    w, h = image.size
+    if isinstance(result, Exception):
+        return PhotoRecord(str(rel), "error", _error_reason(result), width=w, height=h)
+    if not result.faces:
+        return PhotoRecord(str(rel), "no_face", result.note or "no face found", width=w, height=h)
+    try:
+        target_rel = rel if rel.suffix.lower() in WRITABLE else rel.with_suffix(".png")
+        target = out / "restored_imgs" / target_rel
+        if result.changed:
+            write_image(target, result.native, overwrite=overwrite)
+        else:
+            if target.exists() and not overwrite:
+                raise OutputExistsError(f"{target} already exists (use --overwrite to replace it)")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target_rel == rel:
+                atomic_write_bytes(target, path.read_bytes())
+            else:
+                write_image(target, result.native, overwrite=overwrite)
+        for face in result.faces:
+            name = f"{key}_{face.index:02d}.png"
+            for sub, arr in (("cropped_faces", face.crop), ("restored_faces", face.restored),
+                             ("masks", occlusion_image(face.occ_map)),
+                             ("cmp", comparison_strip(face.crop, face.occ_map, face.restored))):
+                write_image(out / sub / rel.parent / name, arr, overwrite=overwrite)
+    except (MeerError, OSError) as exc:
+        return PhotoRecord(str(rel), "error", f"writing outputs failed: {_error_reason(exc)}", width=w, height=h,
+                           faces=[f.to_dict() for f in result.faces])
+    return PhotoRecord(str(rel), "ok", "", width=w, height=h, faces=[f.to_dict() for f in result.faces],
+                       output=str(Path("restored_imgs") / target_rel))
+
+
