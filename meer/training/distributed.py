@@ -102,6 +102,15 @@ def all_true(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() == 0.0)
 
 
+def global_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Mean of a (detached) tensor over the ranks."""
+    t = value.detach().clone()
+    if info.enabled:
+        dist.all_reduce(t)
+        t /= info.world_size
+    return t
+
+
 def mean_scalars(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     """Average logged scalars over the ranks (same keys on every rank)."""
     if not info.enabled or not values:

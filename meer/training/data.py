@@ -1,0 +1,92 @@
+"""Training and validation splits for ``meer-train``, and the on-device batch augmentation.
+
+* Evaluation-only identities (``data.eval_identities`` list files) are removed from both splits.
+* ``data.val_identities`` of the remaining identities (chosen with the run's seed) are held out of
+  training and used for validation only.
+* Masks are drawn on the device, per batch, by ``MaskAugment`` with the run's augmentation
+  generator (saved in checkpoints). In a run with ``w`` processes every rank draws the masks of
+  the whole global batch and keeps its slice, so 1 process and ``w`` processes see the same masks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meer.data.identity_folders import IdentityFolderDataset
+from meer.data.splits import read_identity_list
+from meer.utils.errors import MeerError
+
+
+@dataclass
+class Splits:
+    train: IdentityFolderDataset
+    val: IdentityFolderDataset | None
+    eval_only: set[str]
+    val_names: list[str]
+
+
+def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
+    """Check the configured data and build the training and validation datasets (errors name the path)."""
+    if not data_cfg.roots:
+        raise MeerError("data.roots is empty: give at least one identity-folder root (<root>/<identity>/*.jpg)")
+    for r in data_cfg.roots:
+        if not Path(r).is_dir():
+            raise MeerError(f"data root not found: {r} (data.roots; relative paths start at {Path.cwd()})")
+    eval_only: set[str] = set()
+    for f in data_cfg.eval_identities:
+        if not Path(f).is_file():
+            raise MeerError(f"evaluation-only identity list not found: {f} (data.eval_identities)")
+        eval_only |= read_identity_list(f)
+    full = IdentityFolderDataset(list(data_cfg.roots), split="train", eval_identities=eval_only,
+                                 min_images=data_cfg.min_images, image_size=image_size)
+    names = list(full.identities)
+    n_val = data_cfg.val_identities
+    if n_val and n_val >= len(names):
+        raise MeerError(f"data.val_identities={n_val} leaves no identity to train on ({len(names)} available)")
+    rng = np.random.default_rng(seed)
+    val_names = sorted(names[i] for i in rng.choice(len(names), size=n_val, replace=False)) if n_val else []
+    if val_names:
+        train = IdentityFolderDataset(list(data_cfg.roots), split="train", eval_identities=eval_only | set(val_names),
+                                      min_images=data_cfg.min_images, image_size=image_size)
+        val = IdentityFolderDataset(list(data_cfg.roots), split="eval", eval_identities=list(val_names),
+                                    min_images=data_cfg.min_images, image_size=image_size)
+        # a bare-name match could pull in an identity of another root: keep exactly the chosen ones
+        if set(val.identities) != set(val_names):
+            raise MeerError("validation identities are ambiguous across data.roots (same folder name in two roots)")
+    else:
+        train, val = full, None
+    leaked = set(train.identities) & (eval_only | set(val_names))
+    bare_leaked = {n for n in train.identities if n.split("/", 1)[-1] in eval_only}
+    if leaked or bare_leaked:  # cannot happen with meer.data.splits; kept as a last guard
+        raise MeerError(f"evaluation identity in the training split: {sorted(leaked | bare_leaked)[0]}")
+    return Splits(train=train, val=val, eval_only=eval_only, val_names=val_names)
+
+
+def collate(items: list[dict]) -> dict:
+    return {"clean": torch.stack([it["clean"] for it in items]),
+            "identity": torch.tensor([it["identity"] for it in items], dtype=torch.long)}
+
+
+def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int, world_size: int,
+            hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flip and mask this rank's slice ``clean`` of the global batch.
+
+    Returns ``(clean, masked, mask, kind)``. The random draws are made for the whole global batch
+    (other ranks' slots hold zeros), so the result does not depend on the number of processes."""
+    b = clean.shape[0]
+    if world_size > 1:
+        full = clean.new_zeros((b * world_size, *clean.shape[1:]))
+        full[rank * b:(rank + 1) * b] = clean
+    else:
+        full = clean
+    if hflip:
+        flip = torch.rand(full.shape[0], generator=generator, device=full.device) < 0.5
+        full = torch.where(flip[:, None, None, None], full.flip(-1), full)
+    with torch.no_grad():
+        masked, mask, info = masking(full, None, generator=generator)
+    sl = slice(rank * b, (rank + 1) * b)
+    kind = info["kind"].to(device=clean.device, dtype=torch.long)
+    return full[sl], masked[sl].clamp(0, 1), mask[sl].float(), kind[sl]

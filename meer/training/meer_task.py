@@ -1,0 +1,283 @@
+"""The ``task: meer`` step: builds MEER, its losses, discriminators and optimisers, and runs one step.
+
+A task module offers ``build(cfg, num_classes, num_mask_kinds, dist) -> TaskState`` and the state
+offers ``train_step(batch, step, nimg)``, ``state_dict()`` / ``load_state_dict()``, ``param_counts()``,
+``eval_model()`` (the model used for restore metrics and export) and ``live_model()``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import re
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from meer.config import ConfigError
+from meer.losses.decoupling import DecouplingLoss
+from meer.losses.margin import MarginHead
+from meer.losses.reconstruction import ReconstructionLoss
+from meer.models.discriminator_local import LocalDiscriminator
+from meer.models.discriminator_patch import PatchDiscriminator
+from meer.models.meer import MEER
+from meer.training import distributed as dd
+from meer.training import phases
+from meer.training.distributed import DistInfo
+from meer.training.ema import EMA
+from meer.training.schedule import build_scheduler
+from meer.utils.errors import MeerError
+
+
+class NonFiniteLoss(MeerError):
+    """A loss or gradient became NaN/Inf."""
+
+
+def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """``amp`` -> a context-manager factory (``nullcontext`` for fp32)."""
+    if amp == "none":
+        return contextlib.nullcontext
+    if amp == "fp16" and device.type != "cuda":
+        raise ConfigError("amp: fp16 needs a CUDA device (use amp=bf16 on CPU)")
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _count(params) -> int:
+    return sum(p.numel() for p in params)
+
+
+class MEERTask:
+    def __init__(self, cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo):
+        self.cfg = cfg
+        self.dist = dist
+        device = dist.device
+        lc = cfg.loss
+        model_cfg = dataclasses.replace(cfg.model, num_mask_kinds=num_mask_kinds)
+        self.model = MEER(model_cfg)
+        if dist.enabled and device.type == "cuda":
+            # BatchNorm statistics over the global batch, so N processes train like one
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(device)
+        emb_dim = model_cfg.embedding_dim
+        self.margin = MarginHead(emb_dim, num_classes, kind=lc.margin, s=lc.margin_s, m=lc.margin_m).to(device)
+        self.decoupling = None
+        if lc.w_decouple > 0:
+            self.decoupling = DecouplingLoss(
+                model_cfg.id_dim, model_cfg.occ_dim, num_classes, num_mask_kinds, w_kind_adv=lc.decouple_kind_adv,
+                w_id_adv=lc.decouple_id_adv, w_occ_kind=lc.decouple_occ_kind, w_decorr=lc.decouple_decorr,
+                grl_lambda=lc.decouple_grl).to(device)
+        self.recon = None
+        if lc.w_l1 > 0 or lc.w_l1_visible > 0 or lc.w_lpips > 0 or lc.w_perceptual > 0:
+            self.recon = ReconstructionLoss(l1_weight=1.0, visible_weight=1.0, lpips_weight=1.0 if lc.w_lpips > 0 else 0.0,
+                                            feature_weight=1.0 if lc.w_perceptual > 0 else 0.0,
+                                            lpips_net=lc.lpips_net).to(device)
+        use_d = lc.w_adv_patch > 0 or lc.w_adv_local > 0
+        dc = cfg.disc
+        self.d_patch = (PatchDiscriminator(width=dc.patch_width, n_layers=dc.patch_layers).to(device)
+                        if lc.w_adv_patch > 0 else None)
+        self.d_local = (LocalDiscriminator(width=dc.local_width, local_size=dc.local_size).to(device)
+                        if lc.w_adv_local > 0 else None)
+
+        oc = cfg.optim
+        self.params_r = list(self.model.recognizer_parameters()) + list(self.margin.parameters())
+        if self.decoupling is not None:
+            self.params_r += list(self.decoupling.parameters())
+        self.params_g = list(self.model.generator_parameters())
+        self.params_d = [p for d in (self.d_patch, self.d_local) if d is not None for p in d.parameters()]
+        covered = {id(p) for p in self.params_r + self.params_g}
+        missing = [n for n, p in self.model.named_parameters() if id(p) not in covered]
+        if missing:
+            raise MeerError(f"MEER parameters in no optimiser: {', '.join(missing[:3])}")
+        self.opt_r = torch.optim.AdamW(self.params_r, lr=oc.lr_r, betas=oc.betas_r, weight_decay=oc.weight_decay_r)
+        self.opt_g = torch.optim.Adam(self.params_g, lr=oc.lr_g, betas=oc.betas_g)
+        self.opt_d = None
+        if use_d:
+            # lazy R1: the D optimiser steps interval+1 times per interval's worth of gradient
+            ratio = lc.r1_interval / (lc.r1_interval + 1) if lc.r1_interval > 0 and lc.r1_gamma > 0 else 1.0
+            self.opt_d = torch.optim.Adam(self.params_d, lr=oc.lr_d * ratio,
+                                          betas=(oc.betas_d[0] ** ratio, oc.betas_d[1] ** ratio))
+        sched = dict(kind=oc.schedule, total_steps=cfg.total_steps, warmup_steps=oc.warmup_steps,
+                     min_ratio=oc.min_lr_ratio, milestones=oc.milestones, gamma=oc.gamma)
+        self.optimizers = {"r": self.opt_r, "g": self.opt_g}
+        if self.opt_d is not None:
+            self.optimizers["d"] = self.opt_d
+        self.schedulers = {k: build_scheduler(o, **sched) for k, o in self.optimizers.items()}
+        fp16 = cfg.amp == "fp16"
+        self.autocast = autocast_factory(cfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+        self.ema = EMA(self.model, cfg.ema.half_life_kimg, cfg.ema.rampup) if cfg.ema.enabled else None
+
+    # ------------------------------------------------------------------------------------------
+
+    def live_model(self) -> nn.Module:
+        return self.model
+
+    def eval_model(self) -> nn.Module:
+        """EMA weights when enabled: used for restore metrics, grids and the exported checkpoint."""
+        return self.ema.model if self.ema is not None else self.model
+
+    def param_counts(self) -> dict[str, int]:
+        counts = {
+            "recognizer": _count(self.model.recognizer_parameters()),
+            "generator": _count(self.model.generator_parameters()),
+            "margin_head": _count(self.margin.parameters()),
+        }
+        if self.decoupling is not None:
+            counts["decoupling_adversaries"] = _count(self.decoupling.parameters())
+        if self.d_patch is not None:
+            counts["d_patch"] = _count(self.d_patch.parameters())
+        if self.d_local is not None:
+            counts["d_local"] = _count(self.d_local.parameters())
+        return counts
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods = {"model": self.model, "margin": self.margin}
+        for name in ("decoupling", "d_patch", "d_local"):
+            if getattr(self, name) is not None:
+                mods[name] = getattr(self, name)
+        return mods
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules().items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scalers": {"g": self.scaler.state_dict(), "d": self.scaler_d.state_dict()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mods = self.modules()
+        if set(state["modules"]) != set(mods) or set(state["optimizers"]) != set(self.optimizers):
+            raise MeerError("checkpoint was written with different loss switches (modules "
+                            f"{sorted(state['modules'])}, this config builds {sorted(mods)})")
+        try:
+            for k, m in mods.items():
+                m.load_state_dict(state["modules"][k])
+            if self.ema is not None:
+                if state["ema"] is None:
+                    raise MeerError("checkpoint has no EMA weights but ema.enabled is true")
+                self.ema.load_state_dict(state["ema"])
+            for k, o in self.optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+            for k, s in self.schedulers.items():
+                s.load_state_dict(state["schedulers"][k])
+        except RuntimeError as exc:
+            raise MeerError(f"checkpoint does not fit this model config: {str(exc).splitlines()[0][:200]}") from None
+        if state["scalers"]["g"]:
+            self.scaler.load_state_dict(state["scalers"]["g"])
+        if state["scalers"]["d"]:
+            self.scaler_d.load_state_dict(state["scalers"]["d"])
+
+    # ------------------------------------------------------------------------------------------
+
+    def train_step(self, batch: phases.Batch, step: int, nimg: int) -> dict[str, float]:
+        """One optimisation step; returns scalars to log. Raises ``NonFiniteLoss`` (fp32/bf16) on
+        NaN/Inf; under fp16 the step is skipped instead (stats then hold ``skipped = 1``)."""
+        lc = self.cfg.loss
+        fp16 = self.scaler.is_enabled()
+        stats: dict[str, float] = {}
+        self._train_mode()
+        for d in (self.d_patch, self.d_local):
+            if d is not None:
+                d.requires_grad_(False)
+
+        # --- recognizer + generator phases: one forward, one backward ---
+        with self.autocast():
+            fwd = phases.forward(self.model, batch, lc)
+            terms = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc)
+            terms.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
+                                        model=self.model, balance=self._balance if self.dist.enabled else None))
+        total = sum(t.float() for t in terms.values())
+        finite = dd.all_true(bool(torch.isfinite(total)), self.dist)
+        if not finite and not fp16:
+            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+            raise NonFiniteLoss(f"non-finite loss at step {step} ({', '.join(bad) or 'total'})")
+        self.opt_r.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        norms = {}
+        for key, opt, params in (("r", self.opt_r, self.params_r), ("g", self.opt_g, self.params_g)):
+            dd.average_gradients(params, self.dist)
+            self.scaler.unscale_(opt)
+            norms[key] = self._clip(params)
+        grads_ok = dd.all_true(all(math.isfinite(n) for n in norms.values()), self.dist)
+        if not grads_ok and not fp16:
+            raise NonFiniteLoss(f"non-finite gradient norm at step {step} "
+                                f"({', '.join(k for k, n in norms.items() if not math.isfinite(n))})")
+        # fp16: a non-finite loss or gradient skips the whole step (both optimisers), and the
+        # GradScaler lowers its scale; GradScaler alone would still step an optimiser whose own
+        # gradients happen to be finite
+        skipped = fp16 and not (finite and grads_ok)
+        if not skipped:
+            self.scaler.step(self.opt_r)
+            self.scaler.step(self.opt_g)
+        self.scaler.update()
+
+        # --- discriminator phase ---
+        if self.opt_d is not None:
+            for d in (self.d_patch, self.d_local):
+                if d is not None:
+                    d.requires_grad_(True)
+            do_r1 = lc.r1_interval > 0 and step % lc.r1_interval == 0
+            d_terms = phases.d_phase(batch.clean, fwd.out.restored, batch.mask, self.d_patch, self.d_local, lc,
+                                     do_r1, self.autocast)
+            d_total = sum(t.float() for t in d_terms.values())
+            d_finite = dd.all_true(bool(torch.isfinite(d_total)), self.dist)
+            if not d_finite and not fp16:
+                raise NonFiniteLoss(f"non-finite discriminator loss at step {step}")
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler_d.scale(d_total).backward()
+            dd.average_gradients(self.params_d, self.dist)
+            self.scaler_d.unscale_(self.opt_d)
+            norms["d"] = self._clip(self.params_d)
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+            for k, v in d_terms.items():
+                stats[f"loss/{k}"] = float(v.detach())
+            stats["loss/d_total"] = float(d_total.detach())
+
+        with warnings.catch_warnings():  # a skipped fp16 step makes the scheduler warn about the order
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            for sched in self.schedulers.values():
+                sched.step()
+        if self.ema is not None and not skipped:
+            stats["ema_beta"] = self.ema.update(self.model, self.cfg.data.batch_size, nimg)
+        for k, v in terms.items():
+            stats[f"loss/{k}"] = float(v.detach())
+        stats["loss/total"] = float(total.detach())
+        for k, n in norms.items():
+            stats[f"grad_norm/{k}"] = n
+        for k, o in self.optimizers.items():
+            stats[f"lr/{k}"] = o.param_groups[0]["lr"]
+        if fp16:
+            stats["amp_scale"] = self.scaler.get_scale()
+        stats["skipped"] = float(skipped)
+        self._last = (batch, fwd.out)
+        return stats
+
+    def _balance(self, local: torch.Tensor) -> torch.Tensor:
+        return local.detach() / dd.global_mean(local, self.dist).clamp(min=1e-12)
+
+    def _train_mode(self) -> None:
+        for m in self.modules().values():
+            m.train()
+            if self.cfg.freeze_bn:
+                for sub in m.modules():
+                    if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                        sub.eval()
+
+    def _clip(self, params: list[nn.Parameter]) -> float:
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        grads = [p for p in params if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+
+
+def build(cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo) -> MEERTask:
+    return MEERTask(cfg, num_classes, num_mask_kinds, dist)
