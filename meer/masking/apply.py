@@ -119,7 +119,7 @@ def apply_mask(image: np.ndarray, landmarks: np.ndarray, spec: MaskSpec | np.ran
             raise MaskSpecError(f"{spec.kind} needs a template folder (masks.cfg)")
         out_crop, mask_crop, spec = _render_template(crop, five_c, contour_c, spec, lib)
     else:
-        out_crop, mask_crop = _render_procedural(crop, five_c, contour_c, spec)
+        out_crop, mask_crop = _render_procedural(crop, five_c, contour_c, spec, (x0, y0))
     out = img.copy()
     out[y0:y1, x0:x1] = out_crop
     mask = np.zeros(img.shape[:2], dtype=bool)
@@ -138,7 +138,7 @@ def _finish(crop: np.ndarray, colour: np.ndarray, mask: np.ndarray) -> tuple[np.
 
 
 def _render_procedural(crop: np.ndarray, five: np.ndarray, contour: np.ndarray | None,
-                       spec: MaskSpec) -> tuple[np.ndarray, np.ndarray]:
+                       spec: MaskSpec, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     bank = None
     index = None
     if spec.texture_path is not None:
@@ -148,7 +148,7 @@ def _render_procedural(crop: np.ndarray, five: np.ndarray, contour: np.ndarray |
     x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
     lm = torch.as_tensor(five[None], dtype=torch.float32)
     cont = torch.as_tensor(contour[None], dtype=torch.float32) if contour is not None else None
-    out, mask = render_masks(x, lm, params, contour=cont, bank=bank)
+    out, mask = render_masks(x, lm, params, contour=cont, bank=bank, offset=offset)
     return _finish(crop, out[0].permute(1, 2, 0).numpy(), mask[0, 0].numpy() > 0)
 
 

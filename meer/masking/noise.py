@@ -38,10 +38,18 @@ def hash_uniform(seed: torch.Tensor, *keys: torch.Tensor | int, dtype: torch.dty
     return (hash_u32(seed, *keys) >> 8).to(dtype) * (1.0 / 16777216.0)
 
 
+def hash2d_uniform(seed: torch.Tensor, key: int, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
+    """Uniform in ``[0, 1)`` per integer lattice point ``(ix, iy)``; ``seed`` is B and broadcasts over
+    the trailing dimensions of ``ix``/``iy`` (B x ...). One mixing round per point (fast per pixel)."""
+    base = hash_u32(seed, key).reshape(seed.shape + (1,) * (ix.dim() - seed.dim()))
+    h = _mix32(base ^ ((ix.long() * 0x1B873593 + iy.long() * 0x5BD1E995) & _M32))
+    return (h >> 8).float() * (1.0 / 16777216.0)
+
+
 def value_noise(seed: torch.Tensor, x: torch.Tensor, y: torch.Tensor, key: int) -> torch.Tensor:
     """Smooth 2-D value noise in ``[0, 1)``: hashed lattice values, smoothstep-interpolated.
 
-    ``seed`` broadcasts against ``x`` and ``y`` (lattice units: one cell per unit).
+    ``seed``: B; ``x``, ``y``: B x ... in lattice units (one cell per unit).
     """
     x0 = torch.floor(x)
     y0 = torch.floor(y)
@@ -51,10 +59,10 @@ def value_noise(seed: torch.Tensor, x: torch.Tensor, y: torch.Tensor, key: int) 
     sy = fy * fy * (3 - 2 * fy)
     ix = x0.long()
     iy = y0.long()
-    v00 = hash_uniform(seed, key, ix, iy, dtype=x.dtype)
-    v10 = hash_uniform(seed, key, ix + 1, iy, dtype=x.dtype)
-    v01 = hash_uniform(seed, key, ix, iy + 1, dtype=x.dtype)
-    v11 = hash_uniform(seed, key, ix + 1, iy + 1, dtype=x.dtype)
+    v00 = hash2d_uniform(seed, key, ix, iy).to(x.dtype)
+    v10 = hash2d_uniform(seed, key, ix + 1, iy).to(x.dtype)
+    v01 = hash2d_uniform(seed, key, ix, iy + 1).to(x.dtype)
+    v11 = hash2d_uniform(seed, key, ix + 1, iy + 1).to(x.dtype)
     top = v00 + (v10 - v00) * sx
     bottom = v01 + (v11 - v01) * sx
     return top + (bottom - top) * sy

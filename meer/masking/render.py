@@ -28,18 +28,26 @@ MIN_ALPHA = 1.0 / 16
 LOOP_WIDTH = 0.022  # face units (at least one pixel)
 
 
-def _segment_distance(p: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-    """Distance from points ``p`` (B x N x 2) to segments ``seg`` (B x S x 2 x 2): B x S x N."""
-    a = seg[:, :, None, 0]
-    ab = seg[:, :, None, 1] - a
-    ap = p[:, None] - a
-    t = ((ap * ab).sum(-1) / (ab * ab).sum(-1).clamp_min(1e-9)).clamp(0, 1)
-    return (ap - t[..., None] * ab).norm(dim=-1)
+def _segment_distance(u: torch.Tensor, v: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    """Distance from the points ``(u, v)`` (B x H x W) to the nearest of the segments ``seg``
+    (B x S x 2 x 2), in the same units."""
+    best = None
+    for i in range(seg.shape[1]):
+        ax, ay = seg[:, i, 0, 0, None, None], seg[:, i, 0, 1, None, None]
+        bx, by = seg[:, i, 1, 0, None, None], seg[:, i, 1, 1, None, None]
+        abx, aby = bx - ax, by - ay
+        inv = 1.0 / (abx * abx + aby * aby).clamp_min(1e-9)
+        px, py = u - ax, v - ay
+        t = ((px * abx + py * aby) * inv).clamp(0, 1)
+        dx, dy = px - t * abx, py - t * aby
+        d2 = dx * dx + dy * dy
+        best = d2 if best is None else torch.minimum(best, d2)
+    return torch.sqrt(best)
 
 
 def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskParams,
                  contour: torch.Tensor | None = None, bank: torch.Tensor | None = None,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw one mask per image.
 
     Args:
@@ -49,6 +57,8 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
         contour: optional B x 20 x 2 jaw + nose-bridge points in pixels (from 68 landmarks);
             predicted from the 5 points when None.
         bank: N x 3 x S x S texture images for the "image" texture.
+        offset: ``(x, y)`` of the images' top-left pixel in a larger picture (the fabric grain is
+            fixed to picture pixels, so rendering a crop equals rendering the whole picture).
 
     Returns:
         ``(masked B x 3 x H x W, mask B x 1 x H x W)`` in the images' dtype, mask in {0, 1}.
@@ -69,11 +79,12 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     ys = torch.arange(hgt, device=dev, dtype=torch.float32)
     xs = torch.arange(wid, device=dev, dtype=torch.float32)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pix = torch.stack([gx, gy], dim=-1).reshape(1, -1, 2).expand(b, -1, -1)
-    uv = frame.to_frame(pix)  # B x HW x 2
     unit = frame.unit[:, None, None]
-    u = uv[..., 0].reshape(b, hgt, wid)
-    v = uv[..., 1].reshape(b, hgt, wid)
+    exx, exy = frame.ex[:, 0, None, None], frame.ex[:, 1, None, None]
+    dx = gx[None] - frame.origin[:, 0, None, None]
+    dy = gy[None] - frame.origin[:, 1, None, None]
+    u = (dx * exx + dy * exy) / unit
+    v = (dy * exx - dx * exy) / unit
 
     # inside test and anti-aliased coverage
     du = u - outline.center[:, 0, None, None]
@@ -91,7 +102,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
 
     # ear loops
     seg = outline.loops.reshape(b, 4, 2, 2)
-    d_loop = _segment_distance(uv, seg).amin(dim=1).reshape(b, hgt, wid) * unit
+    d_loop = _segment_distance(u, v, seg) * unit
     width = (LOOP_WIDTH * unit).clamp_min(1.0)
     alpha_loop = (width / 2 + 0.5 - d_loop).clamp(0, 1) * outline.has_loops[:, None, None].float()
 
@@ -101,14 +112,12 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     alpha = torch.where(alpha >= MIN_ALPHA, alpha, torch.zeros_like(alpha))
 
     # appearance, in the mask's own frame
-    local = outline.local(uv, p.scale.float(), p.shift.float(), p.tilt.float())
-    a = local[..., 0].reshape(b, hgt, wid)
-    bb = local[..., 1].reshape(b, hgt, wid)
+    a, bb = outline.local_maps(u, v, p.scale.float(), p.shift.float(), p.tilt.float())
     albedo = texture_colors(p.texture, p.seed, p.color.float(), p.color2.float(), a, bb, p.image_index, bank)
     shade = lighting(p.kind, p.seed, a, bb, outline)
     mult, valve, valve_color = structure(p.kind, p.seed, a, bb, outline, -sd, frame.unit)
     shade = shade * mult
-    colour = albedo * shade[:, None] + grain(p.seed, gx.long(), gy.long())[:, None]
+    colour = albedo * shade[:, None] + grain(p.seed, gx.long() + int(offset[0]), gy.long() + int(offset[1]))[:, None]
     colour = colour + (valve_color[:, :, None, None] * shade[:, None] - colour) * valve[:, None]
     surgical_white = (p.kind == KINDS.index("surgical"))[:, None, None, None]
     loop_colour = torch.where(surgical_white, torch.full_like(colour, 0.94), p.color.float()[:, :, None, None] * 0.85)

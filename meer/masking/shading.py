@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from meer.masking.noise import hash_uniform, value_noise
+from meer.masking.noise import hash2d_uniform, hash_uniform, value_noise
 from meer.masking.shapes import Outline, bottom_curve, top_curve
 from meer.masking.spec import KINDS
 
@@ -120,7 +120,7 @@ def structure(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.
             seam = _line((sa - mid - bend) * u, 1.0)
             f = f * (1 - 0.22 * seam)
             f = f * (1 - 0.14 * _line(ins - 0.05 * u, 0.9))
-            weave = value_noise(ss[:, None, None], sa * 60, sb * 60, key=50)
+            weave = value_noise(ss, sa * 60, sb * 60, key=50)
             f = f * (0.96 + 0.08 * weave)
         else:  # procedural
             f = f * (1 - 0.12 * _line(ins - 0.05 * u, 0.9))
@@ -131,5 +131,4 @@ def structure(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.
 def grain(seed: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-pixel fabric grain (B x H x W), zero-mean, amplitude 0.02-0.05 per sample."""
     amp = (0.02 + 0.03 * hash_uniform(seed, 28))[:, None, None]
-    s3 = seed[:, None, None]
-    return (hash_uniform(s3, 60, x, y) - 0.5) * amp
+    return (hash2d_uniform(seed, 60, x.expand(len(seed), *x.shape[-2:]), y.expand(len(seed), *y.shape[-2:])) - 0.5) * amp

@@ -70,6 +70,16 @@ class Outline:
         """Undo the jitter: face-frame points ``B x N x 2`` -> the mask's own (un-jittered) frame."""
         return self.pivot[:, None] + rotate(uv - self.center[:, None], -tilt) / scale[:, None, None]
 
+    def local_maps(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                   tilt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``local`` for coordinate maps ``u, v`` (B x H x W)."""
+        c = torch.cos(tilt)[:, None, None] / scale[:, None, None]
+        s = torch.sin(tilt)[:, None, None] / scale[:, None, None]
+        du = u - self.center[:, 0, None, None]
+        dv = v - self.center[:, 1, None, None]
+        return (self.pivot[:, 0, None, None] + c * du + s * dv,
+                self.pivot[:, 1, None, None] - s * du + c * dv)
+
 
 def top_curve(kind: torch.Tensor, u: torch.Tensor, nose_u: torch.Tensor, top: torch.Tensor,
               drop: torch.Tensor) -> torch.Tensor:

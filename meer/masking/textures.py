@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meer.masking.noise import hash_uniform, value_noise
+from meer.masking.noise import hash2d_uniform, hash_uniform, value_noise
 from meer.masking.spec import TEXTURES, MaskSpecError
 
 FREQ = {"stripes": (4.0, 8.0), "checks": (3.0, 6.0), "dots": (5.0, 8.0), "floral": (2.6, 4.2)}
@@ -72,11 +72,10 @@ def pattern(name: str, seed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
         return 1 - _smoothstep(0.0, 0.08, d - r), zero
     if name == "floral":
         ix, iy = torch.floor(gx), torch.floor(gy)
-        s3 = seed[:, None, None]
-        jx = (hash_uniform(s3, 40, ix.long(), iy.long(), dtype=dt) - 0.5) * 0.3
-        jy = (hash_uniform(s3, 41, ix.long(), iy.long(), dtype=dt) - 0.5) * 0.3
-        rot = hash_uniform(s3, 42, ix.long(), iy.long(), dtype=dt) * (2 * math.pi)
-        size = 0.22 + 0.08 * hash_uniform(s3, 43, ix.long(), iy.long(), dtype=dt)
+        jx = (hash2d_uniform(seed, 40, ix, iy).to(dt) - 0.5) * 0.3
+        jy = (hash2d_uniform(seed, 41, ix, iy).to(dt) - 0.5) * 0.3
+        rot = hash2d_uniform(seed, 42, ix, iy).to(dt) * (2 * math.pi)
+        size = 0.22 + 0.08 * hash2d_uniform(seed, 43, ix, iy).to(dt)
         lx = gx - ix - 0.5 - jx
         ly = gy - iy - 0.5 - jy
         rho = torch.sqrt(lx * lx + ly * ly)
@@ -85,7 +84,7 @@ def pattern(name: str, seed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
         flower = 1 - _smoothstep(-0.03, 0.03, rho - petal)
         centre = 1 - _smoothstep(-0.025, 0.025, rho - 0.28 * size)
         # soft blotches of the second colour between the flowers ("floral-like noise")
-        blotch = _smoothstep(0.55, 0.8, value_noise(s3, gx * 0.7, gy * 0.7, key=44)) * 0.5
+        blotch = _smoothstep(0.55, 0.8, value_noise(seed, gx * 0.7, gy * 0.7, key=44)) * 0.5
         m = torch.maximum(flower, blotch)
         return m, centre
     raise MaskSpecError(f"unknown procedural texture {name!r}")
