@@ -162,3 +162,14 @@ def test_works_with_dataloader(tmp_path):
     batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=4, shuffle=False)))
     assert batch["masked"].shape == (4, 3, 16, 16) and batch["identity"].tolist() == [0, 0, 0, 1]
     assert batch["mask_kind"].dtype == torch.long
+
+
+def test_paired_layout_contributes_its_unmasked_photos(tmp_path):
+    make_tree(tmp_path / "rm" / "amy", {"unmasked": 2, "masked": 1})
+    make_tree(tmp_path / "rm", {"bob": 1})
+    ds = IdentityFolderDataset(tmp_path / "rm", split="all")
+    assert ds.identities == ["amy", "bob"] and len(ds) == 3
+    assert all(Path(s.path).parent.name in ("unmasked", "bob") for s in ds.samples)
+    make_tree(tmp_path / "rm2" / "cal", {"masked": 1})
+    with pytest.raises(MeerError, match="no images: .*cal"):
+        IdentityFolderDataset(tmp_path / "rm2", split="all")

@@ -26,14 +26,23 @@ def identity_folders(root: str | Path) -> list[Path]:
     return folders
 
 
+#: in the paired layout ``root/<identity>/{masked,unmasked}/`` the unmasked side holds the clean photos
+CLEAN_SUBFOLDER = "unmasked"
+
+
 def scan_identity_root(root: str | Path) -> dict[str, list[Path]]:
     """``{identity name: sorted image paths}`` for ``root/<identity>/*``.
 
-    An identity folder without a single image is an error naming that folder (a half-copied or
-    mis-laid dataset should stop a run before its first step, not thin it out silently)."""
+    A folder of the paired layout (RMFRD: ``<identity>/{masked,unmasked}/``, no image directly
+    inside) contributes its ``unmasked/`` photos: identity-folder datasets yield clean faces, and real
+    masked photos have no clean ground truth. An identity folder without a single usable image is an
+    error naming that folder (a half-copied or mis-laid dataset should stop a run before its first
+    step, not thin it out silently)."""
     out: dict[str, list[Path]] = {}
     for folder in identity_folders(root):
         files = image_files(folder)
+        if not files and (folder / CLEAN_SUBFOLDER).is_dir():
+            files = image_files(folder / CLEAN_SUBFOLDER)
         if not files:
             raise MeerError(f"identity folder has no images: {folder}")
         out[folder.name] = files

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from meer.data.folders import scan_identity_root
 from meer.data.loading import load_image_tensor
+from meer.data.masked_item import item_generator, mask_item
 from meer.data.splits import EvalIdentities, check_split, in_split, resolve_eval_identities
 from meer.utils.errors import MeerError
 
@@ -162,13 +163,6 @@ class IdentityFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _generator(self, index: int) -> torch.Generator | None:
-        if self.seed is None:
-            return None
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63 - 1))
-        return g
-
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
         clean, (w, h) = load_image_tensor(s.path, self.image_size)
@@ -177,20 +171,7 @@ class IdentityFolderDataset(Dataset):
             return item
         landmarks = None
         if s.landmarks is not None:
-            scale = np.array([self.image_size / w, self.image_size / h], dtype=np.float32)
-            landmarks = torch.from_numpy(s.landmarks * scale)[None]
-        elif self.image_size != 112:
-            from meer.faces.template import template_for_size
-
-            landmarks = torch.from_numpy(template_for_size(self.image_size))[None]
-        with torch.no_grad():
-            masked, mask, info = self.masking(clean[None], landmarks, generator=self._generator(index))
-        item["masked"] = masked[0].clamp(0, 1)
-        item["mask"] = mask[0].float()
-        for key, value in info.items():
-            if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == 1:
-                v = value[0]
-                item[f"mask_{key}"] = int(v) if v.dim() == 0 and not v.is_floating_point() else v
-        if "mask_kind" not in item:
-            raise MeerError("the masking op must report info['kind'] per image")
+            landmarks = s.landmarks * np.array([self.image_size / w, self.image_size / h], dtype=np.float32)
+        gen = item_generator(self.seed, self.epoch, index)
+        item.update(mask_item(self.masking, clean, self.image_size, landmarks, gen))
         return item
