@@ -1,13 +1,135 @@
-"""`meer-eval` (placeholder until its issue lands)."""
+"""`meer-eval`: standard verification protocols for masked faces, judged by recognizers nobody here trained.
+
+    meer-eval DATA --out REPORT_DIR [--pairs FILE] [--identities FILE] [--aligned]
+              [--methods none telea meer meer-embed eum] [--judges dlib meer facenet] [--checkpoint PATH]
+    meer-eval make-pairs DATA --out pairs.txt [--identities FILE] [--folds 10] [--per-fold 300] [--seed 0]
+"""
 from __future__ import annotations
 
+import argparse
+import os
 import sys
+from pathlib import Path
 
-from meer.cli.common import not_implemented
+from meer.cli.common import EXIT_OK, run_cli
+from meer.utils.errors import MeerError
+
+PROG = "meer-eval"
 
 
+def default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "meer" / "eval"
+
+
+def eval_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Evaluate masked-face recognition and restoration: "
+                                "verification (10-fold accuracy, AUC, EER, TAR@FAR), rank-1, restoration quality, "
+                                "detectability. Subcommand: 'meer-eval make-pairs' writes a pairs file.")
+    p.add_argument("data", type=Path, help="identity folders: DATA/<id>/*.jpg or DATA/<id>/{masked,unmasked}/*")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.md, results.json, PNGs)")
+    p.add_argument("--pairs", type=Path, help="LFW pairs.txt-format file (default: generate and save pairs.txt)")
+    p.add_argument("--identities", type=Path, help="only these identities (one per line), e.g. an eval-only split")
+    p.add_argument("--aligned", action="store_true", help="DATA holds 112x112 ArcFace-aligned crops")
+    p.add_argument("--methods", nargs="+", default=["none", "telea", "meer", "meer-embed", "eum"],
+                   help="none telea meer meer-embed eum (unavailable ones are skipped with a note)")
+    p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"], help="dlib meer facenet")
+    p.add_argument("--checkpoint", type=Path, help="MEER checkpoint (default: $MEER_CHECKPOINT, shipped, cache)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic masks and generated pairs (default 0)")
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--per-fold", type=int, default=300, help="genuine (= impostor) pairs per fold, at most")
+    p.add_argument("--cache", type=Path, default=None, help=f"embedding / landmark cache (default {default_cache()})")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--grid", type=int, default=4, help="best and worst restorations shown per method (0: none)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def pairs_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"{PROG} make-pairs", description="Balanced genuine/impostor pairs in "
+                                "identity-disjoint folds (LFW pairs.txt format), deterministic per seed.")
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="pairs file to write")
+    p.add_argument("--identities", type=Path)
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--per-fold", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def make_pairs_main(argv: list[str]) -> int:
+    from meer.data.pairs import make_pairs, write_pairs
+    from meer.data.splits import read_identity_list
+    from meer.evaluation.dataset import scan_eval_data
+
+    args = pairs_parser().parse_args(argv)
+    ids = read_identity_list(args.identities) if args.identities else None
+    data = scan_eval_data(args.data, ids)
+    pairs = make_pairs(data.files, n_folds=args.folds, per_fold=args.per_fold, seed=args.seed)
+    write_pairs(args.out, pairs, overwrite=args.overwrite)
+    n = sum(p.same for p in pairs)
+    print(f"{PROG}: wrote {len(pairs)} pairs ({n} genuine, {len(pairs) - n} impostor, {args.folds} folds) "
+          f"from {len(data.files)} identities to {args.out}")
+    return EXIT_OK
+
+
+def load_model(args) -> tuple[object, str, str | None]:
+    """(model or None, cache key, why not)."""
+    wants = {"meer", "meer-embed"} & set(args.methods) or "meer" in args.judges
+    if not wants:
+        return None, "", "not requested"
+    from meer.inference.weights import find_checkpoint
+
+    try:
+        path = find_checkpoint(args.checkpoint)
+    except MeerError as exc:
+        if args.checkpoint is not None:
+            raise
+        return None, "", f"no MEER checkpoint ({str(exc).split('. Pass')[0]})"
+    from meer.evaluation.components import file_key
+    from meer.models.checkpoint import load_meer
+
+    model, _ = load_meer(path, map_location=args.device if args.device != "auto" else "cpu")
+    return model.to(args.device if args.device != "auto" else "cpu"), file_key(path), None
+
+
+@run_cli(PROG)
 def main(argv: list[str] | None = None) -> int:
-    return not_implemented("meer-eval", "issue #6 (meer-eval)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "make-pairs":
+        return make_pairs_main(argv[1:])
+    args = eval_parser().parse_args(argv)
+    from meer.evaluation.components import build_components
+    from meer.evaluation.harness import EvalOptions, run_evaluation
+    from meer.utils.files import check_output_dir
+
+    if not args.data.exists():
+        raise MeerError(f"data folder not found: {args.data}")
+    out = check_output_dir(args.data, args.out)
+    if (out / "report.md").exists() and not args.overwrite:
+        raise MeerError(f"{out / 'report.md'} already exists (use --overwrite to replace it)")
+    if args.folds < 2:
+        raise MeerError(f"--folds must be at least 2, got {args.folds}")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, key, why = load_model(args)
+    comp = build_components(args.methods, args.judges, model, key, why, args.device)
+    cache = None if args.no_cache else (args.cache or default_cache())
+    opts = EvalOptions(data=args.data, out=out, pairs=args.pairs, identities=args.identities, aligned=args.aligned,
+                       seed=args.seed, folds=args.folds, per_fold=args.per_fold, cache_dir=cache, grid=args.grid,
+                       progress=not args.quiet)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    results = run_evaluation(opts, comp)
+    for n in results["notes"]:
+        print(f"{PROG}: note: {n}", file=sys.stderr)
+    print(f"{PROG}: report written to {out / 'report.md'} ({results['seconds']} s)")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

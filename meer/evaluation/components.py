@@ -1,0 +1,102 @@
+"""Choosing the run's methods and judges from names; what is unavailable is skipped with a note."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from meer.evaluation.harness import Components, EmbeddingMethod
+from meer.evaluation.methods import MeerRestorer, NoRestore, TeleaRestorer
+from meer.utils.errors import MeerError
+
+METHODS = ("none", "telea", "meer", "meer-embed", "eum")
+JUDGES = ("dlib", "meer", "facenet")
+
+
+def check_names(names: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    bad = [n for n in names if n not in allowed]
+    if bad:
+        raise MeerError(f"unknown {what} {', '.join(bad)} (choose from {', '.join(allowed)})")
+    return list(dict.fromkeys(names))
+
+
+def file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def build_components(methods: list[str], judges: list[str], model: torch.nn.Module | None = None,
+                     model_key: str = "meer", model_note: str | None = None, device: str = "cpu",
+                     synthetic: bool = True) -> Components:
+    """``model``: a loaded MEER (or ``None``, with ``model_note`` saying why)."""
+    methods = check_names(methods, METHODS, "method")
+    judges = check_names(judges, JUDGES, "judge")
+    notes: list[str] = []
+    comp = Components(judges=[], restorers=[], notes=notes)
+    dlib_judge = None
+    from meer.evaluation.judge_dlib import DlibJudge, dlib_available, missing_reason
+
+    if dlib_available():
+        dlib_judge = DlibJudge()
+        comp.detectability = dlib_judge
+    for j in judges:
+        if j == "dlib":
+            if dlib_judge is None:
+                notes.append(f"judge dlib skipped: {missing_reason()}")
+            else:
+                comp.judges.append(dlib_judge)
+        elif j == "meer":
+            if model is None:
+                notes.append(f"judge meer skipped: {model_note or 'no MEER model'}")
+            else:
+                from meer.evaluation.judge_meer import MeerJudge
+
+                comp.judges.append(MeerJudge(model, f"meer-{model_key}", device=device))
+        elif j == "facenet":
+            from meer.evaluation.judge_facenet import FacenetJudge, facenet_weights_path
+
+            try:
+                comp.judges.append(FacenetJudge(device=device))
+            except MeerError as exc:
+                notes.append(f"judge facenet skipped: {exc}")
+    if not comp.judges:
+        raise MeerError("no judge is available: " + "; ".join(notes))
+    if "none" not in methods:
+        methods = ["none"] + methods  # the masked baseline every gap is measured from
+    for m in methods:
+        if m == "none":
+            comp.restorers.append(NoRestore())
+        elif m == "telea":
+            comp.restorers.append(TeleaRestorer())
+        elif m == "meer":
+            if model is None:
+                notes.append(f"method meer skipped: {model_note or 'no MEER model'}")
+            else:
+                comp.restorers.append(MeerRestorer(model, f"meer-{model_key}", device=device))
+        elif m == "meer-embed":
+            if model is None:
+                notes.append(f"method meer-embed skipped: {model_note or 'no MEER model'}")
+            else:
+                from meer.evaluation.judge_meer import MeerJudge
+
+                own = next((j for j in comp.judges if j.name == "meer"), None)
+                comp.embedding_methods.append(
+                    EmbeddingMethod("meer-embed", own or MeerJudge(model, f"meer-{model_key}", device=device)))
+        elif m == "eum":
+            notes.append("method eum skipped: no trained EUM/SRT checkpoint can be loaded by meer-eval yet "
+                         "(meer/models/eum.py has the model; an EUM checkpoint format is not defined)")
+    if synthetic:
+        try:
+            from meer.evaluation.prepare import meer_masker
+
+            comp.masker = meer_masker()
+        except ImportError as exc:
+            notes.append(f"synthetic masks unavailable ({exc})")
+    from meer.evaluation.quality import LpipsScorer, lpips_trunk_available
+
+    if lpips_trunk_available():
+        comp.lpips = LpipsScorer(device)
+    else:
+        notes.append("LPIPS skipped: AlexNet trunk weights are not in the local torch cache")
+    return comp

@@ -1,0 +1,70 @@
+"""facenet-pytorch's InceptionResnetV1 (VGGFace2) as a second independent judge.
+
+Only used when its weights are already in the local torch cache (``$TORCH_HOME/checkpoints``):
+evaluation never downloads. The face crop is the MTCNN box facenet was trained on, taken from the
+canvas geometry (``MTCNN_BOX_112``: mean MTCNN box of clean aligned LFW faces), resized to 160 px
+and standardised as facenet-pytorch does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from meer.evaluation.geometry import box_from_template
+from meer.evaluation.judge import Judge, JudgeOutput
+from meer.utils.errors import MeerError
+
+WEIGHTS_FILE = "20180402-114759-vggface2.pt"
+#: MTCNN's box on clean faces in ArcFace-112 pixels (mean over 80 LFW faces placed on the canvas)
+MTCNN_BOX_112 = (16.3, 11.5, 95.2, 116.6)
+
+
+def facenet_weights_path() -> Path:
+    """Where facenet-pytorch caches its VGGFace2 weights (may not exist)."""
+    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
+
+    return Path(get_torch_home()) / "checkpoints" / WEIGHTS_FILE
+
+
+class FacenetJudge(Judge):
+    """512-d InceptionResnetV1 embedding, cosine similarity."""
+
+    name = "facenet"
+    metric = "cosine"
+
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, model: torch.nn.Module | None = None,
+                 weights: str | Path | None = None):
+        from facenet_pytorch import InceptionResnetV1
+
+        if model is None:
+            path = Path(weights) if weights is not None else facenet_weights_path()
+            if not path.is_file():
+                raise MeerError(f"facenet VGGFace2 weights not found at {path} (not downloaded during evaluation)")
+            model = InceptionResnetV1(pretrained=None, classify=False)
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            self.cache_key = f"facenet-vggface2-{path.stat().st_size}"
+        else:
+            self.cache_key = f"facenet-custom-{id(model)}"
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        x1, y1, x2, y2 = (int(round(v)) for v in box_from_template(MTCNN_BOX_112))
+        self.box = (x1, y1, x2, y2)
+
+    def crops(self, canvases: np.ndarray) -> torch.Tensor:
+        x1, y1, x2, y2 = self.box
+        faces = np.stack([cv2.resize(c[y1:y2, x1:x2], (160, 160), interpolation=cv2.INTER_AREA) for c in canvases])
+        t = torch.from_numpy(faces).permute(0, 3, 1, 2).float()
+        return (t - 127.5) / 128.0  # facenet_pytorch.fixed_image_standardization
+
+    @torch.no_grad()
+    def embed(self, canvases: np.ndarray) -> JudgeOutput:
+        out = []
+        for s in range(0, len(canvases), self.batch_size):
+            batch = self.crops(canvases[s:s + self.batch_size]).to(self.device)
+            out.append(self.model(batch).float().cpu().numpy())
+        vectors = np.concatenate(out) if out else np.zeros((0, 512), np.float32)
+        return JudgeOutput(vectors.astype(np.float32), np.ones(len(canvases), dtype=bool))

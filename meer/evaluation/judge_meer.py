@@ -1,0 +1,38 @@
+"""The MEER recognition branch as a judge: ``model.embed`` on the ArcFace 112 crop of the canvas."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from meer.evaluation.geometry import arcface_crops
+from meer.evaluation.judge import Judge, JudgeOutput
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``N x H x W x 3`` uint8 -> ``N x 3 x H x W`` float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class MeerJudge(Judge):
+    """Any model with ``embed(images Bx3x112x112 in [0,1]) -> B x D`` (MEER's recognition branch)."""
+
+    metric = "cosine"
+
+    def __init__(self, model: torch.nn.Module, cache_key: str, name: str = "meer", device: str | torch.device = "cpu",
+                 batch_size: int = 64):
+        self.model = model.eval()
+        self.name = name
+        self.cache_key = cache_key
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+
+    @torch.no_grad()
+    def embed(self, canvases: np.ndarray) -> JudgeOutput:
+        crops = arcface_crops(canvases) if len(canvases) else np.zeros((0, 112, 112, 3), np.uint8)
+        out = []
+        for s in range(0, len(crops), self.batch_size):
+            out.append(self.model.embed(to_tensor(crops[s:s + self.batch_size], self.device)).float().cpu().numpy())
+        vectors = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+        ok = np.isfinite(vectors).all(axis=1)
+        vectors[~ok] = 0
+        return JudgeOutput(vectors.astype(np.float32), ok)

@@ -1,0 +1,70 @@
+"""Pixel quality of restorations against the unmasked ground truth (synthetic masks only).
+
+PSNR and SSIM (kornia, 11 px Gaussian window, SSIM map computed on the whole canvas) over the whole
+face (the ArcFace crop region of the canvas) and over the masked region alone (SSIM map averaged over the mask; PSNR from the masked pixels' MSE). LPIPS is
+computed only with its real AlexNet trunk, i.e. when torchvision's weights are already in the local
+torch cache; a randomly initialised trunk would give numbers that mean nothing, so it is skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import kornia
+import numpy as np
+import torch
+
+from meer.evaluation.geometry import face_region_mask
+
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def _t(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def region_scores(restored: np.ndarray, clean: np.ndarray, masks: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    """Per image: ``psnr_face``, ``ssim_face``, ``psnr_mask``, ``ssim_mask`` (NaN where a mask is empty)."""
+    face = face_region_mask()
+    ys, xs = np.nonzero(face)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    out = {k: [] for k in ("psnr_face", "ssim_face", "psnr_mask", "ssim_mask")}
+    for s in range(0, len(restored), batch):
+        r = _t(restored[s:s + batch])
+        c = _t(clean[s:s + batch])
+        m = torch.from_numpy(masks[s:s + batch].astype(np.float32))[:, None]
+        rf, cf = r[..., y0:y1, x0:x1], c[..., y0:y1, x0:x1]
+        out["psnr_face"].append(torch.stack([kornia.metrics.psnr(a[None], b[None], 1.0) for a, b in zip(rf, cf)]))
+        full_map = kornia.metrics.ssim(r, c, window_size=11).mean(dim=1, keepdim=True)  # B x 1 x H x W
+        out["ssim_face"].append(full_map[..., y0:y1, x0:x1].mean(dim=(1, 2, 3)))
+        area = m.sum(dim=(1, 2, 3))
+        mse = (((r - c) ** 2).mean(dim=1, keepdim=True) * m).sum(dim=(1, 2, 3)) / area.clamp_min(1)
+        psnr_m = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+        ssim_m = (full_map * m).sum(dim=(1, 2, 3)) / area.clamp_min(1)
+        empty = area == 0
+        out["psnr_mask"].append(torch.where(empty, torch.nan, psnr_m))
+        out["ssim_mask"].append(torch.where(empty, torch.nan, ssim_m))
+    return {k: torch.cat(v).numpy().astype(np.float64) if v else np.zeros(0) for k, v in out.items()}
+
+
+def lpips_trunk_available() -> bool:
+    return (Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE).is_file()
+
+
+class LpipsScorer:
+    """LPIPS (AlexNet) on the ArcFace crop region; construct only when ``lpips_trunk_available()``."""
+
+    def __init__(self, device: str | torch.device = "cpu"):
+        import lpips
+
+        self.device = torch.device(device)
+        self.net = lpips.LPIPS(net="alex", verbose=False).to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, restored: np.ndarray, clean: np.ndarray, batch: int = 32) -> np.ndarray:
+        a = 28
+        out = []
+        for s in range(0, len(restored), batch):
+            r = _t(restored[s:s + batch, a:-a, a:-a]).to(self.device) * 2 - 1
+            c = _t(clean[s:s + batch, a:-a, a:-a]).to(self.device) * 2 - 1
+            out.append(self.net(r, c).flatten().cpu())
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)

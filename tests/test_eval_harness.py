@@ -1,0 +1,267 @@
+"""End-to-end runs of the evaluation harness on tiny generated identity sets with small fakes for
+the detector, the masker and the judge (the real dlib judge is tested in test_eval_judges.py)."""
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from meer.data.pairs import Pair, read_pairs, write_pairs
+from meer.evaluation.dataset import scan_eval_data
+from meer.evaluation.harness import Components, EvalOptions, EmbeddingMethod, run_evaluation, source_pairs
+from meer.evaluation.judge import Judge, JudgeOutput
+from meer.evaluation.methods import NoRestore, TeleaRestorer
+from meer.evaluation.prepare import image_seed
+from meer.evaluation.quality import region_scores
+from meer.faces.template import ARCFACE_112
+from meer.utils.images import write_image
+
+SIZE = 96
+
+
+def identity_image(ident: int, shot: int) -> np.ndarray:
+    """A smooth identity-specific colour field plus a little per-photo noise."""
+    base = np.random.default_rng(ident).integers(0, 256, (4, 4, 3)).astype(np.uint8)
+    img = cv2.resize(base, (SIZE, SIZE), interpolation=cv2.INTER_CUBIC).astype(np.int16)
+    img += np.random.default_rng(1000 * ident + shot).integers(-6, 7, img.shape).astype(np.int16)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def make_set(root: Path, n_ids: int = 8, shots: int = 3, paired: bool = False, noface: bool = True) -> Path:
+    for i in range(n_ids):
+        for k in range(shots):
+            if paired:
+                side = "masked" if k == 0 else "unmasked"
+                d = root / f"id{i:02d}" / side
+            else:
+                d = root / f"id{i:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            img = identity_image(i, k)
+            if paired and k == 0:
+                img = img.copy()
+                img[55:, 10:86] = (200, 200, 210)  # a "real" mask
+            write_image(d / f"id{i:02d}_{k:04d}.png", img)
+    if noface:
+        write_image(root / "id00" / "id00_9999_noface.png", identity_image(0, 9))
+    return root
+
+
+def fake_locator(images):
+    """ArcFace template landmarks for every image, no face for files whose pixels are all bright."""
+    return [None if im.mean() > 250 else (ARCFACE_112 * SIZE / 112.0).astype(np.float64) for im in images]
+
+
+class NoFaceLocator:
+    """Finds no face in the one image marked 'noface' (located by its exact pixels)."""
+
+    def __init__(self, root: Path):
+        p = root / "id00" / "id00_9999_noface.png"
+        self.marker = cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) if p.exists() else None
+        self.calls = 0
+
+    def __call__(self, images):
+        self.calls += len(images)
+        out = fake_locator(images)
+        if self.marker is not None:
+            out = [None if np.array_equal(im, self.marker) else lm for im, lm in zip(images, out)]
+        return out
+
+
+def fake_masker(canvas, landmarks, seed):
+    """Grey block from just under the nose to the chin; its colour depends on the seed."""
+    y0 = int(landmarks[2, 1]) + 4
+    mask = np.zeros(canvas.shape[:2], bool)
+    mask[y0:186, 40:184] = True  # inside the photo (it covers canvas pixels 28..196)
+    out = canvas.copy()
+    out[mask] = 100 + seed % 50
+    return out, mask
+
+
+class BlockJudge(Judge):
+    """Mean colours of an 8x8 grid over the face region; counts how many faces it embedded."""
+
+    name = "block"
+    cache_key = "block-v1"
+
+    def __init__(self, fail_on_flat: bool = False):
+        self.calls = 0
+        self.fail_on_flat = fail_on_flat
+
+    def embed(self, canvases):
+        self.calls += len(canvases)
+        face = canvases[:, 28:196, 28:196].astype(np.float32)
+        v = face.reshape(len(face), 8, 21, 8, 21, 3).mean(axis=(2, 4)).reshape(len(face), -1)
+        v -= v.mean(axis=1, keepdims=True)
+        ok = np.ones(len(face), bool)
+        if self.fail_on_flat:  # a face that is mostly one flat colour cannot be enrolled
+            ok = face.std(axis=(1, 2, 3)) > 1.0
+        return JudgeOutput(v.astype(np.float32), ok)
+
+
+def components(judge=None, telea=True, **kw):
+    restorers = [NoRestore(), TeleaRestorer()] if telea else [NoRestore()]
+    return Components(judges=[judge or BlockJudge()], restorers=restorers,
+                      locator=kw.pop("locator", fake_locator), masker=fake_masker, **kw)
+
+
+def options(data, out, **kw):
+    kw.setdefault("folds", 2)
+    kw.setdefault("per_fold", 6)
+    kw.setdefault("plots", False)
+    return EvalOptions(data=data, out=out, progress=False, bootstrap=200, **kw)
+
+
+def rows(results, **where):
+    return [r for r in results["verification"] if all(r.get(k) == v for k, v in where.items())]
+
+
+def test_end_to_end_writes_every_report_file(tmp_path):
+    data = make_set(tmp_path / "data")
+    out = tmp_path / "report"
+    loc = NoFaceLocator(data)
+    res = run_evaluation(options(data, out, cache_dir=tmp_path / "cache", plots=True), components(locator=loc))
+    for f in ("report.md", "results.json", "pairs.txt", "roc_synthetic_block.png", "hist_synthetic_block.png",
+              "grid_synthetic_telea.png"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["sources"] == ["synthetic"] and saved["methods"] == ["none", "telea"]
+    conds = {(r["condition"], r["method"]) for r in saved["verification"]}
+    assert conds == {("clean-vs-clean", "none"), ("masked-vs-clean", "none"), ("masked-vs-masked", "none"),
+                     ("restored-vs-clean", "none"), ("restored-vs-clean", "telea"),
+                     ("restored-vs-restored", "none"), ("restored-vs-restored", "telea")}
+    clean = rows(res, condition="clean-vs-clean")[0]
+    masked = rows(res, condition="masked-vs-clean")[0]
+    assert clean["accuracy"] == 1.0  # distinct colour fields: trivially separable
+    assert masked["accuracy"] <= clean["accuracy"]
+    # "none" restores nothing: its restored-vs-clean row is the masked-vs-clean row
+    none_rc = rows(res, condition="restored-vs-clean", method="none")[0]
+    assert none_rc["accuracy"] == masked["accuracy"] and none_rc["auc"] == masked["auc"]
+    report = (out / "report.md").read_text()
+    assert "masked-vs-clean" in report and "gap recovered" in report and "grid_synthetic_telea.png" in report
+    # the no-face image is a failure to enrol: counted, its pairs excluded, not dropped silently
+    assert res["enrolment"]["failures"] == 1
+    assert "no face" in res["enrolment"]["failed_examples"][0]
+    touched = [r for r in res["verification"] if r["pairs_excluded_fte"] > 0]
+    if touched:
+        assert all(r["fte_rate"] > 0 for r in touched)
+    # quality rows for every restorer, detectability absent without dlib judge
+    assert [q["method"] for q in res["quality"]] == ["none", "telea"]
+    assert res["quality"][1]["psnr_mask"] > res["quality"][0]["psnr_mask"]
+
+
+def test_rerun_uses_caches_and_gives_identical_numbers(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+    cache = tmp_path / "cache"
+    j1, loc1 = BlockJudge(), NoFaceLocator(data)
+    r1 = run_evaluation(options(data, tmp_path / "r1", cache_dir=cache, grid=0), components(j1, False, locator=loc1))
+    assert j1.calls > 0 and loc1.calls > 0
+    j2, loc2 = BlockJudge(), NoFaceLocator(data)
+    r2 = run_evaluation(options(data, tmp_path / "r2", cache_dir=cache, grid=0), components(j2, False, locator=loc2))
+    assert j2.calls == 0 and loc2.calls == 0  # embeddings and landmarks both came from the cache
+    strip = lambda r: [{k: v for k, v in x.items()} for x in r["verification"]]  # noqa: E731
+    assert strip(r1) == strip(r2)
+    assert (tmp_path / "r1" / "pairs.txt").read_text() == (tmp_path / "r2" / "pairs.txt").read_text()
+
+
+def test_judge_failures_are_counted_per_condition(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+
+    def flat_masker(canvas, landmarks, seed):  # masks that flatten the whole face: the judge cannot enrol them
+        out = canvas.copy()
+        mask = np.zeros(canvas.shape[:2], bool)
+        mask[20:204, 20:204] = True
+        out[mask] = 128
+        return out, mask
+
+    comp = Components(judges=[BlockJudge(fail_on_flat=True)], restorers=[NoRestore()], locator=fake_locator,
+                      masker=flat_masker)
+    res = run_evaluation(options(data, tmp_path / "out", grid=0), comp)
+    clean = rows(res, condition="clean-vs-clean")[0]
+    masked = rows(res, condition="masked-vs-clean")[0]
+    assert clean["fte_rate"] == 0 and clean["pairs_excluded_fte"] == 0
+    pf = read_pairs(tmp_path / "out" / "pairs.txt", data)
+    probes, refs = {p.path_a for p in pf.pairs}, {p.path_b for p in pf.pairs}
+    # every masked probe failed, every clean reference enrolled
+    assert masked["fte_images"] == len(probes) and masked["images"] == len(probes) + len(refs)
+    assert masked["fte_rate"] == pytest.approx(len(probes) / (len(probes) + len(refs)))
+    assert masked["pairs_scored"] == 0 and "error" in masked
+    assert "n/a" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_pairs_file_with_missing_identities_and_images_is_reported(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+    pairs = [Pair(f"id{i:02d}", 1, f"id{i:02d}", 2, fold=i % 2) for i in range(4)]
+    pairs += [Pair(f"id{i:02d}", 1, f"id{i + 4:02d}", 3, fold=i % 2) for i in range(4)]
+    text_path = write_pairs(tmp_path / "pairs.txt", pairs)
+    text = text_path.read_text().splitlines()
+    text[1] = "Ghost_Person\t1\t2"  # unknown identity
+    text[2] = "id01\t1\t9"  # image number beyond the identity's 3 photos
+    text_path.write_text("\n".join(text) + "\n")
+    res = run_evaluation(options(data, tmp_path / "out", pairs=text_path, grid=0), components(telea=False))
+    assert res["pairs"]["dropped"] == 2 and res["pairs"]["total"] == 8
+    assert any("Ghost_Person" in n and "id01 #9" in n for n in res["notes"])
+    assert "Ghost_Person" in (tmp_path / "out" / "report.md").read_text()
+    assert rows(res, condition="clean-vs-clean")[0]["pairs_total"] == 6
+
+
+def test_real_masked_layout_gives_a_real_source(tmp_path):
+    data = make_set(tmp_path / "data", n_ids=8, shots=4, paired=True, noface=False)
+    comp = components()
+    comp.embedding_methods = [EmbeddingMethod("block-embed", comp.judges[0], transform=lambda v: v * 2.0)]
+    res = run_evaluation(options(data, tmp_path / "out", per_fold=20), comp)
+    assert res["sources"] == ["synthetic", "real"] and res["real_masked_images"] == 8
+    counts = res["pair_counts"]["real"]
+    assert counts["masked-vs-clean"] > 0 and counts["restored-vs-clean"] == counts["masked-vs-clean"]
+    assert counts["clean-vs-clean"] + counts["masked-vs-clean"] + counts["masked-vs-masked"] == res["pairs"]["total"]
+    assert rows(res, source="real", condition="masked-vs-clean")
+    own = rows(res, source="real", method="block-embed", condition="restored-vs-clean")
+    assert own and own[0]["judge"] == "block (own space)"
+    # cosine is scale-free: the doubled embedding scores exactly like the plain masked one
+    assert own[0]["auc"] == rows(res, source="real", judge="block", condition="masked-vs-clean")[0]["auc"]
+    rk = [x for x in res["rank1"] if x["source"] == "real"][0]
+    assert rk["gallery"] == 8 and rk["probes"] == 8 and "restored:telea" in rk
+    assert (tmp_path / "out" / "grid_real_telea.png").is_file()
+
+
+def test_source_pairs_orients_real_probes(tmp_path):
+    data_root = make_set(tmp_path / "data", n_ids=2, shots=3, paired=True, noface=False)
+    data = scan_eval_data(data_root)
+    files = data.files["id00"]  # masked/ sorts before unmasked/
+    assert data.images[files[0]].real_masked and not data.images[files[1]].real_masked
+    pairs = [Pair("id00", 2, "id00", 1, 0, files[1], files[0]), Pair("id00", 2, "id00", 3, 0, files[1], files[2])]
+    sp = source_pairs(pairs, data, "real")
+    assert sp["masked-vs-clean"] == [(files[0], files[1], True, 0)]  # the masked photo is the probe
+    assert sp["clean-vs-clean"] == [(files[1], files[2], True, 0)]
+    assert source_pairs(pairs, data, "synthetic")["masked-vs-clean"] == [(files[1], files[2], True, 0)]
+
+
+def test_identity_restriction_and_missing_identities(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join([f"id{i:02d}" for i in range(6)] + ["Nobody"]) + "\n")
+    res = run_evaluation(options(data, tmp_path / "out", identities=ids, per_fold=3, grid=0), components(telea=False))
+    assert res["identities"] == 6
+    assert any("Nobody" in n for n in res["notes"])
+
+
+def test_image_seed_is_order_independent_and_seeded():
+    assert image_seed(0, "a/b.jpg") == image_seed(0, "a/b.jpg")
+    assert image_seed(0, "a/b.jpg") != image_seed(1, "a/b.jpg")
+    assert image_seed(0, "a/b.jpg") != image_seed(0, "a/c.jpg")
+
+
+def test_region_scores_by_hand():
+    clean = np.full((1, 224, 224, 3), 100, np.uint8)
+    restored = clean.copy()
+    mask = np.zeros((1, 224, 224), bool)
+    mask[0, 100:120, 50:150] = True  # 2000 pixels
+    restored[0][mask[0]] = 110
+    q = region_scores(restored, clean, mask)
+    mse_mask = (10 / 255) ** 2
+    assert q["psnr_mask"][0] == pytest.approx(10 * np.log10(1 / mse_mask), abs=1e-3)
+    assert q["psnr_face"][0] == pytest.approx(10 * np.log10(1 / (mse_mask * 2000 / 168 ** 2)), abs=1e-3)
+    assert q["ssim_face"][0] < 1.0 and q["ssim_mask"][0] < q["ssim_face"][0]
+    same = region_scores(clean, clean, mask)
+    assert same["ssim_face"][0] == pytest.approx(1.0, abs=1e-6) and same["psnr_mask"][0] > 90
+    assert np.isnan(region_scores(clean, clean, np.zeros_like(mask))["psnr_mask"][0])
