@@ -69,8 +69,9 @@ def build_lpips(net: Literal["alex", "vgg"] = "alex", trunk_weights: str | Path 
 
 
 def _masked_l1(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the weighted elements (``w`` already expanded to the 3 channels)."""
     w = w.float()
-    return ((a.float() - b.float()).abs() * w).sum() / (3.0 * w.sum()).clamp(min=1.0)
+    return ((a.float() - b.float()).abs() * w).sum() / w.sum().clamp(min=1.0)
 
 
 class ReconstructionLoss(nn.Module):

@@ -1,0 +1,227 @@
+"""MEER model: shapes, composite bit-identity, parameter groups, gradient routing of every loss, autocast."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kornia.morphology import dilation
+
+from meer.losses.adversarial import g_loss
+from meer.losses.decoupling import DecouplingLoss
+from meer.losses.identity import id_preserving_loss
+from meer.losses.margin import MarginHead
+from meer.losses.occlusion import occlusion_loss
+from meer.models.discriminator_local import LocalDiscriminator
+from meer.models.discriminator_patch import PatchDiscriminator
+from meer.models.meer import MEER, MEERConfig, count_parameters
+
+S = 32
+
+
+def tiny(**kw) -> MEERConfig:
+    base = dict(image_size=S, enc_width=8, enc_layers=(1, 1), split_channels=8, occ_head_width=8, id_dim=16,
+                occ_dim=8, embedding_dim=32, gen_width=8, gen_max_width=32, num_mask_kinds=3)
+    base.update(kw)
+    return MEERConfig(**base)
+
+
+def batch(b: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(b, 3, S, S, generator=g)
+    mask = torch.zeros(b, 1, S, S)
+    for i in range(b):
+        top = 14 + i
+        mask[i, :, top:S - 3, 6:S - 6] = 1.0
+    masked = clean * (1 - mask) + mask * torch.tensor([0.2, 0.5, 0.9]).view(1, 3, 1, 1)
+    return clean, masked, mask
+
+
+def model(**kw) -> MEER:
+    torch.manual_seed(0)
+    return MEER(tiny(**kw))
+
+
+def test_forward_shapes_and_unit_embeddings():
+    m = model()
+    clean, masked, mask = batch()
+    out = m(masked, mask, clean=clean)
+    assert out.occ_logits.shape == (4, 1, S, S) and out.occ_map.shape == (4, 1, S, S)
+    assert out.id_code.shape == (4, 16) and out.occ_code.shape == (4, 8)
+    assert out.embedding.shape == (4, 32) and out.embedding.dtype == torch.float32
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(4))
+    assert out.generated.shape == (4, 3, S, S) and 0 <= out.generated.min() and out.generated.max() <= 1
+    assert out.embedding_restored.shape == (4, 32) and out.embedding_clean.shape == (4, 32)
+    assert m.embed(clean).shape == (4, 32)
+    assert count_parameters(m) < 500_000
+
+
+def test_bad_shapes_are_rejected():
+    m = model()
+    with pytest.raises(ValueError, match="B x 3 x 32 x 32"):
+        m(torch.rand(2, 3, 40, 40))
+    with pytest.raises(ValueError, match="mask"):
+        m(torch.rand(2, 3, S, S), torch.zeros(2, 3, S, S))
+
+
+def test_composite_with_gt_mask_keeps_visible_pixels_bit_identical():
+    m = model()
+    clean, masked, mask = batch()
+    out = m(masked, mask)
+    vis = (mask == 0).expand_as(masked)
+    assert torch.equal(out.restored[vis], masked[vis])
+    occ = ~vis
+    torch.testing.assert_close(out.restored[occ], out.generated[occ])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_restore_keeps_pixels_outside_the_predicted_region_bit_identical(autocast):
+    m = model(infer_dilate=1).eval()
+    _, masked, _ = batch()
+    with torch.no_grad():
+        # make the occlusion head predict a non-trivial region: bias so about half the logits are positive
+        m.decoupling.occ_head.out[-1].bias.fill_(0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        restored, occ_map = m.restore(masked)
+        region = m.decouple(masked)["composite_mask"]
+    assert restored.dtype == masked.dtype and occ_map.shape == (4, 1, S, S)
+    assert 0 < region.mean() < 1, "test needs a partial region"
+    outside = (region == 0).expand_as(masked)
+    assert torch.equal(restored[outside], masked[outside])
+    assert not torch.equal(restored, masked)
+
+
+def test_composite_mask_is_binarised_then_dilated_like_kornia():
+    m = model(infer_threshold=0.5, infer_dilate=2)
+    occ_map = torch.rand(3, 1, S, S) ** 3
+    ref = dilation((occ_map > 0.5).float(), torch.ones(5, 5))
+    assert torch.equal(m.composite_mask(occ_map), ref)
+    assert torch.equal(model(infer_dilate=0).composite_mask(occ_map), (occ_map > 0.5).float())
+
+
+def test_parameter_groups_are_disjoint_and_cover_the_model():
+    m = model()
+    rec = {id(p) for p in m.recognizer_parameters()}
+    gen = {id(p) for p in m.generator_parameters()}
+    assert rec and gen and not rec & gen
+    assert rec | gen == {id(p) for p in m.parameters()}
+
+
+def _touched(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def _run(m: MEER, loss_fn) -> None:
+    m.zero_grad(set_to_none=True)
+    clean, masked, mask = batch()
+    out = m(masked, mask, clean=clean)
+    loss_fn(out, clean, mask).backward()
+
+
+def test_occlusion_loss_reaches_only_encoder_and_occlusion_head():
+    m = model()
+    _run(m, lambda o, c, k: occlusion_loss(o.occ_logits, k))
+    assert _touched(m.encoder) and _touched(m.decoupling.occ_head)
+    assert not _touched(m.generator) and not _touched(m.head)
+    assert not _touched(m.decoupling.id_fc) and not _touched(m.decoupling.occ_fc)
+
+
+@pytest.mark.parametrize("detach_gate", [True, False])
+def test_margin_loss_reaches_recognizer_and_gate_only_when_not_detached(detach_gate):
+    m = model(detach_gate=detach_gate)
+    head = MarginHead(32, 5, "arcface", s=8.0)
+    labels = torch.tensor([0, 1, 2, 3])
+    _run(m, lambda o, c, k: head.loss(o.embedding, labels))
+    assert _touched(m.encoder) and _touched(m.decoupling.id_fc) and _touched(m.head) and _touched(head)
+    assert not _touched(m.generator)
+    assert _touched(m.decoupling.occ_head) == (not detach_gate)
+
+
+@pytest.mark.parametrize("to_encoder", [True, False])
+def test_reconstruction_loss_reaches_generator_and_encoder_switch(to_encoder):
+    m = model(gen_grad_to_encoder=to_encoder)
+    _run(m, lambda o, c, k: ((o.restored - c).abs() * k).mean())
+    assert _touched(m.generator)
+    assert _touched(m.encoder) == to_encoder
+    assert _touched(m.decoupling.id_fc) == to_encoder
+    assert not _touched(m.head) and not _touched(m.decoupling.occ_head)
+
+
+@pytest.mark.parametrize(
+    "to_gen,to_rec",
+    [(True, True), (True, False), (False, True)],
+)
+def test_id_preserving_loss_switches(to_gen, to_rec):
+    # gen_grad_to_encoder=False isolates the generator path from the encoder, so "recognizer touched" can only
+    # come from the id-preserving embedding itself.
+    m = model(id_grad_to_generator=to_gen, id_grad_to_recognizer=to_rec, gen_grad_to_encoder=False)
+    _run(m, lambda o, c, k: id_preserving_loss(o.embedding_restored, o.embedding_clean))
+    assert _touched(m.generator) == to_gen
+    assert _touched(m.head) == to_rec
+    assert _touched(m.encoder) == to_rec
+
+
+def test_recognizer_frozen_path_still_updates_nothing_but_the_generator_and_matches_values():
+    m = model()
+    clean, masked, mask = batch()
+    m.eval()
+    with torch.no_grad():
+        ref = m.id_embeddings(masked, clean)
+    m.cfg.id_grad_to_recognizer = False
+    with torch.no_grad():
+        frozen = m.id_embeddings(masked, clean)
+    torch.testing.assert_close(frozen[0], ref[0])
+    torch.testing.assert_close(frozen[1], ref[1])
+
+
+def test_every_parameter_gets_a_gradient_in_a_full_step():
+    """What DDP needs without find_unused_parameters: all MEER parameters used by a normal G+R step."""
+    m = model()
+    dec = DecouplingLoss(16, 8, num_identities=5, num_mask_kinds=3)
+    head = MarginHead(32, 5)
+    pd, ld = PatchDiscriminator(8, 2), LocalDiscriminator(8, 16)
+    labels, kinds = torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 0])
+
+    def full(o, c, k):
+        d_loss, _ = dec(o.id_code, o.occ_code, labels, kinds)
+        return (occlusion_loss(o.occ_logits, k) + head.loss(o.embedding, labels) + d_loss
+                + (o.restored - c).abs().mean() + id_preserving_loss(o.embedding_restored, o.embedding_clean)
+                + g_loss(pd(o.restored)) + g_loss(ld(o.restored, k)))
+
+    _run(m, full)
+    unused = [n for n, p in m.named_parameters() if p.grad is None]
+    assert not unused
+
+
+def test_bf16_autocast_forward_backward_is_finite():
+    m = model()
+    clean, masked, mask = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(masked, mask, clean=clean)
+        loss = occlusion_loss(out.occ_logits, mask) + (out.restored - clean).abs().mean() + id_preserving_loss(
+            out.embedding_restored, out.embedding_clean)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert out.embedding.dtype == torch.float32 and out.restored.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+    vis = (mask == 0).expand_as(masked)
+    assert torch.equal(out.restored[vis], masked[vis])
+
+
+def test_same_seed_same_model_same_output():
+    clean, masked, mask = batch()
+    a, b = model().eval(), model().eval()
+    with torch.no_grad():
+        oa, ob = a(masked, mask), b(masked, mask)
+    assert torch.equal(oa.restored, ob.restored) and torch.equal(oa.embedding, ob.embedding)
+
+
+def test_cpu_and_gpu_layouts_build():
+    cpu = MEER(MEERConfig(enc_stem_stride=2, enc_width=16, enc_layers=(1, 2, 2, 1), gen_width=16, gen_max_width=128, split_channels=32))
+    assert 1_500_000 < count_parameters(cpu) < 8_000_000
+    assert cpu.encoder.feature_sizes(112) == [56, 28, 14, 7, 4]
+    with torch.device("meta"):  # layout only: no need to initialise 40 M weights
+        ir50 = MEER(MEERConfig(enc_width=64, enc_layers=(3, 4, 14, 3), split_channels=128, id_dim=512))
+    assert ir50.encoder.feature_sizes(112) == [112, 56, 28, 14, 7]
+    assert ir50.encoder.channels == [64, 64, 128, 256, 512]
+    out = cpu.eval()(torch.rand(1, 3, 112, 112))
+    assert out.restored.shape == (1, 3, 112, 112) and F.normalize(out.embedding).shape == (1, 512)
