@@ -7,11 +7,13 @@ Fourier-perturbed ellipse). The region is intersected with the lower-face contou
 so the mask's sides follow the cheeks. Coverage sets the top edge:
 
 * ``over_nose``: between the eye line and the nose tip (30-55 % of the way down);
-* ``below_nose``: under the nose tip (12-32 % of the way from nose tip to mouth), mouth covered;
+* ``below_nose``: under the nose tip (0.08 face units plus 5-30 % of the way from nose tip to
+  mouth), mouth covered;
 * ``chin_only``: from just above the mouth line to a third of the way to the chin (the mouth may
   show).
 
-The bottom edge lies 0-0.12 face units under the chin. Everything is in face units (see
+The bottom edge lies 0-0.12 face units under the chin. Jitter (scale, tilt) turns about the top
+edge's middle, so the top edge stays where the coverage puts it (up to the shift). Everything is in face units (see
 ``geometry.Frame``); the outlines are star-shaped from ``center`` so they can be stored as polar tables.
 """
 from __future__ import annotations
@@ -34,9 +36,12 @@ EPS_FOLD = 0.004  # rounding of the KN95 folds
 # ranges of the per-seed shape details (uniform), by kind
 DROP = {"surgical": (0.05, 0.14), "n95": (0.0, 0.0), "kn95": (0.24, 0.38), "cloth": (0.14, 0.3), "procedural": (0.0, 0.0)}
 BOTTOM_CURVE = {"surgical": (0.04, 0.16), "n95": (0.0, 0.0), "kn95": (0.3, 0.45), "cloth": (0.22, 0.4), "procedural": (0.0, 0.0)}
-TOP_T = {"over_nose": (0.3, 0.55), "below_nose": (0.12, 0.32), "chin_only": (-0.1, 0.3)}
+TOP_T = {"over_nose": (0.3, 0.55), "below_nose": (0.05, 0.3), "chin_only": (-0.1, 0.3)}
+BELOW_NOSE_GAP = 0.08  # face units always left between the nose tip and a below_nose top edge
 BOTTOM_T = (0.0, 0.12)
+LOW_DROP = 0.35  # top-edge curvature factor for below_nose / chin_only
 CLIP_W = (1.0, 1.07)
+MOUTH_MARGIN = 0.22  # face units the contour clip always leaves beside each mouth corner
 
 
 def _lerp(u: torch.Tensor, lo_hi: tuple[float, float]) -> torch.Tensor:
@@ -57,6 +62,7 @@ class Outline:
     clip: torch.Tensor  # B x 20 x 2, face contour clip (not jittered)
     center: torch.Tensor  # B x 2, jittered centre (star point)
     pivot: torch.Tensor  # B x 2, centre before jitter
+    anchor: torch.Tensor  # B x 2, the point jitter turns about (middle of the top edge)
     top: torch.Tensor  # B, top edge height (v) at the nose
     bottom: torch.Tensor  # B, bottom edge height at the mouth centre
     nose_u: torch.Tensor  # B
@@ -68,17 +74,18 @@ class Outline:
 
     def local(self, uv: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, tilt: torch.Tensor) -> torch.Tensor:
         """Undo the jitter: face-frame points ``B x N x 2`` -> the mask's own (un-jittered) frame."""
-        return self.pivot[:, None] + rotate(uv - self.center[:, None], -tilt) / scale[:, None, None]
+        rel = uv - self.anchor[:, None] - shift[:, None]
+        return self.anchor[:, None] + rotate(rel, -tilt) / scale[:, None, None]
 
     def local_maps(self, u: torch.Tensor, v: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
                    tilt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``local`` for coordinate maps ``u, v`` (B x H x W)."""
         c = torch.cos(tilt)[:, None, None] / scale[:, None, None]
         s = torch.sin(tilt)[:, None, None] / scale[:, None, None]
-        du = u - self.center[:, 0, None, None]
-        dv = v - self.center[:, 1, None, None]
-        return (self.pivot[:, 0, None, None] + c * du + s * dv,
-                self.pivot[:, 1, None, None] - s * du + c * dv)
+        du = u - self.anchor[:, 0, None, None] - shift[:, 0, None, None]
+        dv = v - self.anchor[:, 1, None, None] - shift[:, 1, None, None]
+        return (self.anchor[:, 0, None, None] + c * du + s * dv,
+                self.anchor[:, 1, None, None] - s * du + c * dv)
 
 
 def top_curve(kind: torch.Tensor, u: torch.Tensor, nose_u: torch.Tensor, top: torch.Tensor,
@@ -116,15 +123,17 @@ def make_outline(f5: torch.Tensor, contour: torch.Tensor, kind: torch.Tensor, co
 
     t = h(1)
     over = _lerp(t, TOP_T["over_nose"]) * nose_v
-    below = nose_v + _lerp(t, TOP_T["below_nose"]) * (mouth_v - nose_v)
+    below = nose_v + BELOW_NOSE_GAP + _lerp(t, TOP_T["below_nose"]) * (mouth_v - nose_v)
     chin = mouth_v + _lerp(t, TOP_T["chin_only"]) * (chin_v - mouth_v)
     top = torch.where(coverage == COVERAGES.index("over_nose"), over,
                       torch.where(coverage == COVERAGES.index("below_nose"), below, chin))
     bottom = chin_v + _lerp(h(2), BOTTOM_T)
-    drop = _per_kind(kind, DROP, h(4))
+    # a mask worn low sits flatter (and must keep covering the mouth corners)
+    drop = _per_kind(kind, DROP, h(4)) * torch.where(coverage == COVERAGES.index("over_nose"), 1.0, LOW_DROP)
     bcurve = _per_kind(kind, BOTTOM_CURVE, h(5))
     axis_u = (nose_u + mid_u) / 2
-    pivot = torch.stack([axis_u, (top + torch.minimum(bottom, chin_v)) / 2], dim=1)
+    centre = torch.stack([axis_u, (top + torch.minimum(bottom, chin_v)) / 2], dim=1)
+    anchor = torch.stack([axis_u, top], dim=1)  # jitter pivot
 
     # top-and-bottom kinds
     us = torch.linspace(-HALF_WIDTH, HALF_WIDTH, N_SIDE, device=dev, dtype=dt)[None] + axis_u[:, None]
@@ -142,26 +151,36 @@ def make_outline(f5: torch.Tensor, contour: torch.Tensor, kind: torch.Tensor, co
     n = 2.5
     se_x = torch.sign(c) * c.abs() ** (2 / n)
     se_y = torch.sign(s) * s.abs() ** (2 / n)
-    cup = torch.stack([axis_u[:, None] + ax[:, None] * se_x, pivot[:, 1:2] + by[:, None] * se_y], dim=-1)
+    cup = torch.stack([axis_u[:, None] + ax[:, None] * se_x, centre[:, 1:2] + by[:, None] * se_y], dim=-1)
     rad = torch.ones_like(theta)[None].expand(len(seed), -1).clone()
     for i, k in enumerate(range(2, 6)):
         amp = 0.085 / math.sqrt(k) * h(7 + i)
         phase = 2 * math.pi * h(11 + i)
         rad = rad + amp[:, None] * torch.cos(k * theta[None] + phase[:, None])
-    blob = torch.stack([axis_u[:, None] + ax[:, None] * c * rad,
-                        pivot[:, 1:2] + 1.02 * by[:, None] * s * rad], dim=-1)
+    blob_v = torch.maximum(centre[:, 1:2] + 1.02 * by[:, None] * s * rad, top[:, None])  # never above the top edge
+    blob = torch.stack([axis_u[:, None] + ax[:, None] * c * rad, blob_v], dim=-1)
     is_cup = (kind == KINDS.index("n95"))[:, None, None]
     is_blob = (kind == KINDS.index("procedural"))[:, None, None]
     poly = torch.where(is_cup, cup, torch.where(is_blob, blob, band))
 
-    # jitter: scale and tilt about the pivot, then shift
-    center = pivot + shift
-    poly = center[:, None] + rotate(poly - pivot[:, None], tilt) * scale[:, None, None]
+    # jitter: scale and tilt about the anchor, then shift; the star centre moves with the mask
+    def jitter(pts: torch.Tensor) -> torch.Tensor:
+        return anchor[:, None] + shift[:, None] + rotate(pts - anchor[:, None], tilt) * scale[:, None, None]
+
+    poly = jitter(poly)
+    center = jitter(centre[:, None])[:, 0]
 
     # clip: the lower-face contour widened about the pivot, closed high above the eyes
     jaw = contour[:, :17]
     w = _lerp(h(3), CLIP_W)
-    jaw = pivot[:, None] + (jaw - pivot[:, None]) * w[:, None, None]
+    jaw = centre[:, None] + (jaw - centre[:, None]) * w[:, None, None]
+    # never narrower than the mouth plus a margin (smiles, and jaw points that hug the cheeks)
+    half = torch.maximum((f5[:, 3, 0] - axis_u).abs(), (f5[:, 4, 0] - axis_u).abs()) + MOUTH_MARGIN
+    ju = jaw[..., 0] - axis_u[:, None]
+    widened = torch.sign(ju) * torch.maximum(ju.abs(), half[:, None])
+    sides = torch.zeros(17, dtype=torch.bool, device=dev)
+    sides[2:15] = True
+    jaw = torch.stack([torch.where(sides, axis_u[:, None] + widened, jaw[..., 0]), jaw[..., 1]], dim=-1)
     up = torch.full_like(jaw[:, :1, 1], -3.0)
     left_up = torch.stack([jaw[:, :1, 0], up], dim=-1)
     right_up = torch.stack([jaw[:, -1:, 0], up], dim=-1)
@@ -176,10 +195,10 @@ def make_outline(f5: torch.Tensor, contour: torch.Tensor, kind: torch.Tensor, co
                                   torch.minimum(bottom, mouth_v + 0.35)], dim=1)
         ear_a = contour[:, ear_top] + torch.stack([torch.full_like(top, 0.06 * sgn), torch.zeros_like(top)], 1)
         ear_b = contour[:, ear_bot] + torch.stack([torch.full_like(top, 0.06 * sgn), torch.zeros_like(top)], 1)
-        tc = center + rotate((top_corner - pivot)[:, None], tilt)[:, 0] * scale[:, None]
-        bc = center + rotate((bot_corner - pivot)[:, None], tilt)[:, 0] * scale[:, None]
+        tc = jitter(top_corner[:, None])[:, 0]
+        bc = jitter(bot_corner[:, None])[:, 0]
         loops.append(torch.stack([torch.stack([tc, ear_a], 1), torch.stack([bc, ear_b], 1)], 1))
     loops_t = torch.stack(loops, dim=1)  # B x side x (top, bottom) x (start, end) x 2
     has_loops = (kind == KINDS.index("surgical")) | (kind == KINDS.index("kn95")) | (kind == KINDS.index("cloth"))
-    return Outline(poly=poly, clip=clip, center=center, pivot=pivot, top=top, bottom=bottom, nose_u=nose_u,
+    return Outline(poly=poly, clip=clip, center=center, pivot=centre, anchor=anchor, top=top, bottom=bottom, nose_u=nose_u,
                    mid_u=mid_u, drop=drop, bcurve=bcurve, loops=loops_t, has_loops=has_loops)

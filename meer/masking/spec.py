@@ -127,9 +127,7 @@ class MaskSpec:
         d = dataclasses.asdict(self)
         d["color"] = list(self.color)
         d["texture_color"] = list(self.texture_color)
-        d["shift"] = [round(self.shift[0], 6), round(self.shift[1], 6)]
-        d["scale"] = round(self.scale, 6)
-        d["tilt"] = round(self.tilt, 6)
+        d["shift"] = list(self.shift)  # full precision: the JSON redraws the exact same pixels
         d["color_name"] = self.color_name
         return d
 
