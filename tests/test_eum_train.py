@@ -107,3 +107,35 @@ def test_torchscript_embedder_roundtrip(tmp_path):
     x = torch.rand(2, 3, 64, 64)
     ref = rec(torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True))
     assert torch.allclose(emb(x), ref, atol=1e-5)
+
+
+def test_meer_train_runs_eum_srt_with_validation_and_resume(tmp_path):
+    import numpy as np
+
+    from meer.config import load_config
+    from meer.training.config import TrainConfig
+    from meer.training.loop import train
+    from meer.utils.images import write_image
+
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        base = rng.random((4, 4, 3))
+        for i in range(3):
+            img = ((base + 0.05 * rng.random((4, 4, 3))).clip(0, 1) * 255).astype(np.uint8).repeat(16, 0).repeat(16, 1)
+            write_image(tmp_path / "data" / f"id{k}" / f"{i}.png", img)
+    rec = TinyRecognizer().eval()
+    torch.jit.script(rec).save(str(tmp_path / "rec.pt"))
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    overrides = [f"data.roots=[{tmp_path / 'data'}]", "data.eval_identities=[]", "data.val_identities=2",
+                 "data.val_images_per_identity=2", "data.batch_size=6", "data.num_workers=0", "total_steps=4",
+                 "device=cpu", "threads=1", f"runs_dir={tmp_path / 'runs'}", "eum.embedder.kind=torchscript",
+                 f"eum.embedder.path={tmp_path / 'rec.pt'}", "eum.embedder.input_size=32", "eum.model.embedding_dim=32",
+                 "val.every=2", "val.pairs=8", "log.every=1", "log.progress=false", "checkpoint.every=2"]
+    cfg = load_config(TrainConfig, repo / "configs" / "eum_srt.yaml", overrides)
+    res = train(cfg, run_dir=tmp_path / "run")
+    assert res.step == 4 and res.export is None
+    assert {"verify_acc", "verify_acc_no_eum", "cos_masked_clean"} <= set(res.val)
+    assert "eum/cos_after" in res.stats and "loss/srt" in res.stats
+    cfg2 = load_config(TrainConfig, repo / "configs" / "eum_srt.yaml", overrides + ["total_steps=6"])
+    res2 = train(cfg2, resume=tmp_path / "run")
+    assert res2.step == 6

@@ -11,8 +11,10 @@ from typing import Any, Literal, Optional
 
 from meer.config import ConfigError
 from meer.models.meer import MEERConfig
+from meer.training.tasks.eum_srt import EUMTaskConfig
+from meer.training.tasks.maskmtl import MaskMTLTaskConfig
 
-Task = Literal["meer"]  # baselines add their names here (eum_srt, maskmtl) with their step module
+Task = Literal["meer", "eum_srt", "maskmtl"]  # baselines: meer.training.tasks.<name>
 
 
 @dataclass
@@ -150,6 +152,8 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eum: EUMTaskConfig = field(default_factory=EUMTaskConfig)  # task: eum_srt (data/optim above: data only)
+    maskmtl: MaskMTLTaskConfig = field(default_factory=MaskMTLTaskConfig)  # task: maskmtl (own data section)
 
     def __post_init__(self) -> None:
         check(self)

@@ -34,6 +34,7 @@ from meer.masking.batch import MaskAugment
 from meer.models.checkpoint import save_inference_checkpoint
 from meer.training import distributed as dd
 from meer.training import meer_task, rundir
+from meer.training.tasks import eum_srt
 from meer.training.checkpoint import CheckpointKeeper, load_state, rng_state, set_rng_state
 from meer.training.config import TrainConfig
 from meer.training.data import augment, build_splits, collate
@@ -44,7 +45,7 @@ from meer.training.validate import build_val_set, validate
 from meer.utils.errors import MeerError
 
 # task name -> step module (``build(cfg, num_classes, num_mask_kinds, dist)``); baselines add theirs
-TASKS = {"meer": meer_task}
+TASKS = {"meer": meer_task, "eum_srt": eum_srt}
 
 EXPORT_NAME = "meer_inference.pt"
 
@@ -69,6 +70,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dry_run: bool = Fa
           run_dir: str | Path | None = None) -> TrainResult:
     """Run (or, with ``dry_run``, only prepare) a training job. ``run_dir`` forces a directory
     (tests); otherwise a new numbered one is created under ``cfg.runs_dir`` or the resumed one used."""
+    if cfg.task == "maskmtl":  # its own data (attribute sets, not identity folders): see tasks/maskmtl.py
+        from meer.training.tasks import maskmtl
+
+        r = maskmtl.train(cfg, resume=resume, dry_run=dry_run, run_dir=run_dir)
+        return TrainResult(run_dir=r.run_dir, step=r.step, last_checkpoint=r.last_checkpoint, export=None, val={},
+                           stats=r.stats)
     info = dd.init_distributed(cfg.device)
     try:
         return _train(cfg, info, resume, dry_run, run_dir)
@@ -186,11 +193,16 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
                 f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in stats.items() if k.startswith("loss/")) +
                 f" img/s={stats['throughput_img_s']:.1f}", console=False)
             bar.set_postfix(loss=f"{stats.get('loss/total', float('nan')):.3f}")
-        if info.is_main and cfg.log.grid_every and (step % cfg.log.grid_every == 0 or step == end_step):
+        if info.is_main and cfg.log.grid_every and (step % cfg.log.grid_every == 0 or step == end_step) \
+                and hasattr(task.eval_model(), "restore"):
             save_grid(log, task, batch, step, cfg.log.grid_images)
         is_last = step == end_step
         if val_set is not None and ((cfg.val.every and step % cfg.val.every == 0) or is_last):
-            last_val = validate(task.live_model(), task.eval_model(), val_set, cfg.val.batch_size, device, task.autocast)
+            if hasattr(task, "validate"):  # baseline tasks score themselves
+                last_val = task.validate(val_set, cfg.val.batch_size, device)
+            else:
+                last_val = validate(task.live_model(), task.eval_model(), val_set, cfg.val.batch_size, device,
+                                    task.autocast)
             log.scalars(step, last_val, prefix="val/")
             log.info(f"val step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in last_val.items()))
             if last_val[cfg.val.best_metric] > best:

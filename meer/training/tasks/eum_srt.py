@@ -10,6 +10,7 @@ is what the loop drives (``build(cfg, num_classes, num_mask_kinds, dist)``).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -131,7 +132,7 @@ class EUMTask:
         self.opt = torch.optim.SGD(self.eum.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
                                    weight_decay=tc.weight_decay)
         self.mine_gen = torch.Generator().manual_seed(cfg.seed + 7)
-        self.autocast = None
+        self.autocast = contextlib.nullcontext  # the EUM is tiny: always float32
 
     def modules(self) -> dict[str, nn.Module]:
         return {"eum": self.eum}
@@ -149,14 +150,41 @@ class EUMTask:
         self.eum.train()
         out = eum_step(batch.masked, batch.clean, batch.labels, self.eum, self.embedder, self.loss_fn, self.mine_gen)
         if not torch.isfinite(out["loss"]):
-            raise MeerError(f"non-finite EUM loss at step {step}")
+            from meer.training.meer_task import NonFiniteLoss
+
+            raise NonFiniteLoss(f"non-finite EUM loss at step {step}")
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.opt.step()
-        stats = {f"loss/{self.cfg.eum.loss.kind}": float(out["loss"]), "loss/total": float(out["loss"])}
+        loss = out["loss"].item()
+        stats = {f"loss/{self.cfg.eum.loss.kind}": loss, "loss/total": loss}
         stats.update({f"eum/{k}": float(v) for k, v in out.items() if k != "loss"})
         stats["lr"] = self.opt.param_groups[0]["lr"]
         return stats
+
+    @torch.no_grad()
+    def validate(self, vs, batch_size: int, device: torch.device) -> dict[str, float]:
+        """Verification on the held-out identities: EUM(masked probe) against the clean reference."""
+        from meer.evaluation.metrics import best_threshold, roc_auc
+
+        self.eum.eval()
+        raw, unmasked, clean = [], [], []
+        for start in range(0, vs.clean.shape[0], batch_size):
+            e_m = self.embedder(vs.masked[start:start + batch_size].to(device))
+            raw.append(e_m.cpu())
+            unmasked.append(self.eum(e_m).cpu())
+            clean.append(self.embedder(vs.clean[start:start + batch_size].to(device)).cpu())
+        self.eum.train()
+        raw, unmasked, clean = torch.cat(raw), torch.cat(unmasked), torch.cat(clean)
+        out = {}
+        for key, probe in (("", unmasked), ("_no_eum", raw)):
+            scores = (F.normalize(probe[vs.pairs[:, 0]], dim=1) * F.normalize(clean[vs.pairs[:, 1]], dim=1)).sum(1).numpy()
+            t = best_threshold(scores, vs.same)
+            out[f"verify_acc{key}"] = float(((scores >= t) == vs.same).mean())
+            out[f"verify_auc{key}"] = float(roc_auc(scores, vs.same))
+        out["cos_masked_clean"] = float(F.cosine_similarity(unmasked, clean).mean())
+        out["cos_masked_clean_no_eum"] = float(F.cosine_similarity(raw, clean).mean())
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         return {"eum": self.eum.state_dict(), "opt": self.opt.state_dict(), "mine_gen": self.mine_gen.get_state()}
