@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                     occluded |= result.mask
                     metas.append({**result.spec.to_dict(), "face_index": j, "box": face["box"],
                                   "score": face["score"], "landmark_source": face["source"],
-                                  "landmarks": np.round(face["landmarks"], 2).tolist(),
+                                  "landmarks": np.asarray(face["landmarks"], dtype=np.float64).tolist(),
                                   "mask_pixels": int(result.mask.sum())})
                 changed = (image != rgb).any(axis=-1)
                 if not np.array_equal(changed, occluded):  # guaranteed by apply_mask; never write a wrong GT

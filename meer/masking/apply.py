@@ -145,7 +145,7 @@ def _render_procedural(crop: np.ndarray, five: np.ndarray, contour: np.ndarray |
         bank = _texture_tile(spec.texture_path)
         index = [0]
     params = params_from_specs([spec], image_index=index)
-    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
+    x = torch.tensor(crop).permute(2, 0, 1)[None].float() / 255.0
     lm = torch.as_tensor(five[None], dtype=torch.float32)
     cont = torch.as_tensor(contour[None], dtype=torch.float32) if contour is not None else None
     out, mask = render_masks(x, lm, params, contour=cont, bank=bank, offset=offset)
