@@ -110,7 +110,7 @@ def test_folder_end_to_end(inputs, tmp_path, checkpoint, lower_face_model, capsy
         assert float(r["face_seconds"]) > 0 and float(r["photo_seconds"]) >= float(r["face_seconds"])
 
     run_info = doc["run"]
-    assert run_info["checkpoint"] == str(checkpoint) and run_info["device"] == "cpu"
+    assert run_info["checkpoint"] == str(checkpoint) and run_info["device"] == "cpu" and run_info["complete"] is True
     assert run_info["precision"] == "fp32" and run_info["checkpoint_meta"] == {"note": "random tiny test model"}
     assert run_info["totals"]["photos"] == 7 and run_info["totals"]["faces_restored"] == 3
     assert {"torch", "kornia", "meer"} <= set(run_info["versions"])

@@ -1,6 +1,7 @@
 """restore_folder on aligned crops (no detector, fast): failures are isolated, layouts kept, names unique."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +85,21 @@ def test_single_file_input_and_unique_crop_names(crops, tmp_path):
     assert (tmp_path / "out" / "cmp" / "face_00.png").is_file()
     keys = face_keys([Path("a/x.jpg"), Path("a/x.png"), Path("b/x.jpg"), Path("a/y.JPG")])
     assert keys == {Path("a/x.jpg"): "x_jpg", Path("a/x.png"): "x_png", Path("b/x.jpg"): "x", Path("a/y.JPG"): "y"}
+
+
+def test_interrupted_run_still_writes_a_summary(crops, tmp_path, monkeypatch):
+    original = Restorer.restore_images
+    calls = []
+
+    def interrupt_second_batch(self, images):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, images)
+
+    monkeypatch.setattr(Restorer, "restore_images", interrupt_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        restore_folder(crops, tmp_path / "out", restorer(batch_size=1), progress=False)
+    doc = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert doc["run"]["complete"] is False
+    assert [p["path"] for p in doc["photos"]] == ["face.png"]

@@ -103,6 +103,7 @@ def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Res
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(files), unit="photo", desc="meer-restore", disable=not progress, dynamic_ncols=True)
     n_faces = 0
+    complete = False
     try:
         for chunk in _chunks(list(zip(files, rels)), restorer.batch_size):
             loaded: list[tuple[Path, Path, LoadedImage, float]] = []
@@ -136,16 +137,20 @@ def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Res
                 bar.set_postfix(faces=n_faces, refresh=False)
                 if on_record:
                     on_record(rec)
-    finally:
+        complete = True
+    finally:  # also after Ctrl-C or a crash: leave a summary of what was done ("complete": false)
         bar.close()
-    seconds = time.perf_counter() - start
-    run = dict(run_info or {})
-    run.update({"input": str(input_path), "output": str(output_dir), "seconds": round(seconds, 3),
-                "timings": {k: round(v, 4) for k, v in timings.items()},
-                "options": {"batch_size": restorer.batch_size, "faces": restorer.faces, "aligned": restorer.aligned,
-                            "min_occlusion": restorer.min_occlusion, "min_face": restorer.min_face,
-                            "dilate": restorer.dilate, "feather": restorer.feather}})
-    write_summary(out, records, run)
+        seconds = time.perf_counter() - start
+        order = {str(rel): i for i, rel in enumerate(rels)}
+        records.sort(key=lambda r: order[r.path])
+        run = dict(run_info or {})
+        run.update({"input": str(input_path), "output": str(output_dir), "complete": complete,
+                    "seconds": round(seconds, 3), "timings": {k: round(v, 4) for k, v in timings.items()},
+                    "options": {"batch_size": restorer.batch_size, "faces": restorer.faces,
+                                "aligned": restorer.aligned, "min_occlusion": restorer.min_occlusion,
+                                "min_face": restorer.min_face, "dilate": restorer.dilate,
+                                "feather": restorer.feather}})
+        write_summary(out, records, run)
     return FolderRun(output=out, records=records, seconds=seconds, timings=timings)
 
 
