@@ -85,6 +85,17 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     dy = gy[None] - frame.origin[:, 1, None, None]
     u = (dx * exx + dy * exy) / unit
     v = (dy * exx - dx * exy) / unit
+    # nothing is drawn above the eye line: work only on the rows below it (about half an aligned crop)
+    margin = EYE_MARGIN * unit + 1.0
+    rows = (v * unit > margin - 0.5).flatten(0)
+    rows = rows.reshape(b, hgt, wid).any(dim=2).any(dim=0)
+    if not bool(rows.any()):
+        return images.clone(), torch.zeros_like(images[:, :1])
+    r0 = int(torch.nonzero(rows)[0, 0])
+    full_x = images
+    x_img, u, v, gx, gy = x_img[:, :, r0:], u[:, r0:], v[:, r0:], gx[r0:], gy[r0:]
+    images = images[:, :, r0:]
+    hgt = hgt - r0
 
     # inside test and anti-aliased coverage
     du = u - outline.center[:, 0, None, None]
@@ -107,7 +118,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     alpha_loop = (width / 2 + 0.5 - d_loop).clamp(0, 1) * outline.has_loops[:, None, None].float()
 
     # nothing near the eyes
-    eye_clip = (v * unit - (EYE_MARGIN * unit + 1.0) + 0.5).clamp(0, 1)
+    eye_clip = (v * unit - margin + 0.5).clamp(0, 1)
     alpha = torch.maximum(alpha_shape, alpha_loop) * eye_clip
     alpha = torch.where(alpha >= MIN_ALPHA, alpha, torch.zeros_like(alpha))
 
@@ -135,4 +146,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
         first = images[:, 0]
         step = torch.where(first < 0.5, 1.0 / 255, -1.0 / 255).to(out_dtype)
         out[:, 0] = torch.where(same, first + step, out[:, 0])
+    if r0 > 0:
+        out = torch.cat([full_x[:, :, :r0], out], dim=2)
+        mask = torch.cat([mask.new_zeros(b, 1, r0, wid), mask], dim=2)
     return out, mask.to(out_dtype)

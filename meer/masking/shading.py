@@ -120,8 +120,8 @@ def structure(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.
             seam = _line((sa - mid - bend) * u, 1.0)
             f = f * (1 - 0.22 * seam)
             f = f * (1 - 0.14 * _line(ins - 0.05 * u, 0.9))
-            weave = value_noise(ss, sa * 60, sb * 60, key=50)
-            f = f * (0.96 + 0.08 * weave)
+            # soft mottling of a washed fabric
+            f = f * (0.95 + 0.1 * value_noise(ss, sa * 6, sb * 6, key=50))
         else:  # procedural
             f = f * (1 - 0.12 * _line(ins - 0.05 * u, 0.9))
         mult[sel] = mult[sel] * f
