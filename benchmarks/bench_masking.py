@@ -86,7 +86,7 @@ def sheet(args: argparse.Namespace) -> None:
     if args.texture_dir:
         from meer.utils.files import iter_images
 
-        images = [f"image:{p}" for p in list(iter_images(args.texture_dir))[:: max(1, 1)][:12]]
+        images = [f"image:{p}" for p in list(iter_images(args.texture_dir))[:12]]
     library = None
     kinds = list(KINDS)
     if args.template_dir:
