@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from meer.losses.multitask import MultiTaskLoss, task_loss
 from meer.masking.batch import MaskAugment
 from meer.models.maskmtl import MaskMTL, MaskMTLConfig, TaskSpec
-from meer.training.tasks.maskmtl import (COLOR_NAMES, batch_metrics, color_class, default_tasks, mask_targets,
-                                         maskmtl_step, train)
+from meer.data.multitask import COLOR_NAMES, color_class, mask_targets
+from meer.training.tasks.maskmtl import batch_metrics, default_tasks, maskmtl_step, train
 from meer.config import load_config
 from meer.training.config import TrainConfig
 from meer.utils.errors import MeerError
@@ -190,3 +190,42 @@ def test_meer_train_cli_runs_maskmtl(tmp_path, capsys):
     assert main(["--config", str(tmp_path / "c.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "maskmtl: 23 training faces" in out and "malformed" in out
+
+
+def test_maskmtl_eval_reports_masked_vs_unmasked(tmp_path, capsys):
+    from meer.evaluation.maskmtl_eval import evaluate_maskmtl, format_table, main
+
+    res = train(_cfg(tmp_path, steps=2), run_dir=tmp_path / "run")
+    assert main(["--checkpoint", str(res.last_checkpoint), "--json", str(tmp_path / "r.json"), "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| gender | acc |" in out and "| age | mae (years) |" in out and "1 test faces" in out
+    import json
+
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["mask_kind"]["n_unmasked"] == 0 and r["mask_kind"]["n_masked"] == 1
+    assert r["masked"]["n_unmasked"] == 1 and r["age"]["unmasked"] >= 0
+    assert main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
+
+
+def test_evaluate_maskmtl_counts_exactly():
+    """A stub model whose answers are known: accuracy and MAE must match a hand count."""
+    from meer.evaluation.maskmtl_eval import evaluate_maskmtl
+
+    tasks = [TaskSpec("gender", num_classes=2), TaskSpec("age", kind="regression", scale=10.0),
+             TaskSpec("masked", num_classes=2)]
+    model = MaskMTL(MaskMTLConfig(trunk="small", width=4, tasks=tasks))
+
+    def forward(images):  # always "gender 1", age 2.0 * 10 = 20 years, "masked" when the lower half is not gray
+        b = images.shape[0]
+        lower = images[:, :, images.shape[2] // 2:]
+        masked_guess = ((lower - 0.5).abs().mean(dim=(1, 2, 3)) > 0.01).long()
+        return {"gender": torch.tensor([[0.0, 1.0]]).repeat(b, 1), "age": torch.full((b,), 2.0),
+                "masked": F.one_hot(masked_guess, 2).float()}
+
+    model.forward = forward
+    batch = {"clean": torch.full((4, 3, 32, 32), 0.5), "gender": torch.tensor([1, 0, 1, -1]),
+             "age": torch.tensor([25.0, 20.0, float("nan"), 10.0])}
+    r = evaluate_maskmtl(model, [batch], progress=False)
+    assert r["gender"]["unmasked"] == pytest.approx(2 / 3) and r["gender"]["n_unmasked"] == 3
+    assert r["age"]["unmasked"] == pytest.approx((5 + 0 + 10) / 3)
+    assert r["masked"]["unmasked"] == 1.0 and r["masked"]["masked"] == 1.0
