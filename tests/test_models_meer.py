@@ -192,13 +192,15 @@ def test_every_parameter_gets_a_gradient_in_a_full_step():
     assert not unused
 
 
-def test_bf16_autocast_forward_backward_is_finite():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # fp16 on CPU exercises the CUDA-fp16 dtype paths
+def test_autocast_forward_backward_is_finite(dtype):
     m = model()
     clean, masked, mask = batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    pd, ld = PatchDiscriminator(8, 2), LocalDiscriminator(8, 16)
+    with torch.autocast("cpu", dtype=dtype):
         out = m(masked, mask, clean=clean)
         loss = occlusion_loss(out.occ_logits, mask) + (out.restored - clean).abs().mean() + id_preserving_loss(
-            out.embedding_restored, out.embedding_clean)
+            out.embedding_restored, out.embedding_clean) + g_loss(pd(out.restored)) + g_loss(ld(out.restored, mask))
     loss.backward()
     assert torch.isfinite(loss)
     assert out.embedding.dtype == torch.float32 and out.restored.dtype == torch.float32
