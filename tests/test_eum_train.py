@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from meer.losses.srt import SRTConfig, SRTLoss
-from meer.models.eum import EUM, EUMConfig, FrozenEmbedder
+from meer.models.eum import EUM, EUMConfig, FrozenEmbedder, load_eum, save_eum
 from meer.training.tasks.eum_srt import EmbedderConfig, build_embedder, eum_step
 from meer.utils.errors import MeerError
 
@@ -139,3 +139,24 @@ def test_meer_train_runs_eum_srt_with_validation_and_resume(tmp_path):
     cfg2 = load_config(TrainConfig, repo / "configs" / "eum_srt.yaml", overrides + ["total_steps=6"])
     res2 = train(cfg2, resume=tmp_path / "run")
     assert res2.step == 6
+    # meer-eval --methods eum reads the EUM straight from the training checkpoint
+    eum, embedder = load_eum(res2.last_checkpoint)
+    assert not eum.training and embedder["kind"] == "torchscript" and eum.cfg.embedding_dim == 32
+    state = torch.load(res2.last_checkpoint, weights_only=False)["task"]["eum"]
+    assert all(torch.equal(v, eum.state_dict()[k]) for k, v in state.items())
+
+
+def test_save_and_load_eum(tmp_path):
+    eum = EUM(EUMConfig(embedding_dim=8, depth=2, residual=True)).eval()
+    with torch.no_grad():
+        eum.net[0].weight.add_(1.0)
+    path = save_eum(eum, tmp_path / "eum.pt", {"kind": "dlib"})
+    back, emb = load_eum(path)
+    x = torch.randn(3, 8)
+    assert emb == {"kind": "dlib"} and torch.allclose(back(x), eum(x))
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(MeerError, match="not a readable checkpoint"):
+        load_eum(tmp_path / "bad.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(MeerError, match="not an EUM checkpoint"):
+        load_eum(tmp_path / "other.pt")

@@ -158,3 +158,40 @@ def load_facenet_embedder(weights: str | Path) -> FrozenEmbedder:
     if missing or unexpected:
         raise MeerError(f"{weights}: not InceptionResnetV1 weights ({len(missing)} missing, {len(unexpected)} unexpected keys)")
     return FrozenEmbedder(model, input_size=160, input_range="facenet")
+
+
+def load_eum(path: str | Path, device: str | torch.device = "cpu") -> tuple[EUM, dict]:
+    """An EUM from a ``meer-train`` checkpoint of a ``task: eum_srt`` run (or a file written by
+    :func:`save_eum`). Returns the model in eval mode and the embedder settings it was trained on
+    (``{"kind": ..., "path": ...}``: the EUM is only meaningful on top of that recognizer)."""
+    from dataclasses import fields
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeerError(f"EUM checkpoint not found: {path}")
+    try:
+        state = torch.load(str(path), map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a user error
+        raise MeerError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    if isinstance(state, dict) and "eum_state" in state:  # save_eum
+        model_cfg, weights, embedder = state["eum_config"], state["eum_state"], state.get("embedder", {})
+    elif isinstance(state, dict) and isinstance(state.get("task"), dict) and "eum" in state["task"]:
+        eum_cfg = state.get("config", {}).get("eum", {})
+        model_cfg, weights, embedder = eum_cfg.get("model", {}), state["task"]["eum"], eum_cfg.get("embedder", {})
+    else:
+        raise MeerError(f"{path}: not an EUM checkpoint (train one with task: eum_srt)")
+    names = {f.name for f in fields(EUMConfig)}
+    model = EUM(EUMConfig(**{k: v for k, v in model_cfg.items() if k in names}))
+    model.load_state_dict(weights)
+    return model.to(device).eval(), dict(embedder)
+
+
+def save_eum(eum: EUM, path: str | Path, embedder: dict | None = None) -> Path:
+    """A standalone EUM file (config, weights, the embedder settings) readable by :func:`load_eum`."""
+    from dataclasses import asdict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"eum_config": asdict(eum.cfg), "eum_state": eum.state_dict(), "embedder": dict(embedder or {})},
+               str(path))
+    return path
