@@ -37,7 +37,7 @@ def test_shapes_dtypes_ranges_and_info():
         assert info[key].shape == (12,) and info[key].dtype == torch.long
         assert int(info[key].min()) >= 0 and int(info[key].max()) < n
     assert info["color"].shape == (12, 3)
-    assert MaskAugment.KINDS == KINDS and MaskAugment.COVERAGES == COVERAGES
+    assert MaskAugment.KINDS == KINDS + ("template",) and MaskAugment.COVERAGES == COVERAGES
     # the mask is exactly the set of changed pixels, and masks are substantial
     changed = (masked != x).any(dim=1, keepdim=True)
     assert torch.equal(changed, mask > 0)
@@ -155,3 +155,38 @@ def test_cuda_matches_cpu():
     assert torch.equal(gpu[2]["seed"].cpu(), cpu[2]["seed"])
     assert (gpu[1].cpu() != cpu[1]).float().mean() < 1e-3  # edge pixels may differ by float rounding
     assert (gpu[0].cpu() - cpu[0]).abs().mean() < 2e-3
+
+
+@pytest.mark.shared_data
+def test_templates_in_the_batch_op(shared_data):
+    from meer.masking import sample_spec
+
+    op = MaskAugment(template_dir=shared_data / "mask_templates", template_p=1.0, coverages=["over_nose"])
+    x = _images(6)
+    masked, mask, info = op(x, None, generator=torch.Generator().manual_seed(4))
+    assert (info["kind"] == MaskAugment.KINDS.index("template")).all()
+    assert (info["template"] >= 0).all() and (info["texture"] == 0).all()
+    assert torch.equal((masked != x).any(1, keepdim=True), mask > 0)
+    lm = ARCFACE_112
+    r = 0.1 * np.linalg.norm(lm[1] - lm[0])
+    yy, xx = np.mgrid[0:112, 0:112]
+    for i in range(6):
+        m = mask[i, 0].numpy() > 0
+        for eye in lm[:2]:
+            assert not m[(xx - eye[0]) ** 2 + (yy - eye[1]) ** 2 <= r * r].any()
+        for point in lm[2:]:
+            assert m[int(round(point[1])), int(round(point[0]))]
+        # the template sample_spec (hence meer-mask) draws for this seed
+        spec = sample_spec(int(info["seed"][i]), coverages=["over_nose"], templates=op.template_bank.names, template_p=1.0)
+        assert spec.kind == "template:" + op.template_bank.names[int(info["template"][i])]
+    mixed = MaskAugment(template_dir=shared_data / "mask_templates", template_p=0.5)
+    _, _, info = mixed(_images(16), None, generator=torch.Generator().manual_seed(0))
+    is_t = info["kind"] == MaskAugment.KINDS.index("template")
+    assert 0 < int(is_t.sum()) < 16 and torch.equal(info["template"] >= 0, is_t)
+
+
+def test_templates_need_a_folder():
+    with pytest.raises(MeerError, match="need a template_dir"):
+        MaskAugment(templates=["surgical"])
+    with pytest.raises(MeerError, match="no masks.cfg"):
+        MaskAugment(template_dir="/nonexistent/templates")

@@ -13,17 +13,17 @@ the face is rendered, so large photos cost no more than small ones.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from meer.masking.geometry import face_frame, five_from_68, predict_contour
-from meer.masking.render import EYE_MARGIN, MIN_ALPHA, render_masks
+from meer.masking.geometry import face_frame, five_from_68
+from meer.masking.render import render_masks
 from meer.masking.sampling import params_from_specs, sample_spec
-from meer.masking.shapes import make_outline
-from meer.masking.spec import MaskSpec, MaskSpecError
-from meer.masking.templates import TemplateLibrary, face_anchors, warp_template
+from meer.masking.spec import COVERAGES, MaskSpec, MaskSpecError
+from meer.masking.templates import TemplateBank, TemplateLibrary, render_templates
 from meer.masking.textures import load_texture_bank
 
 ROI_U = 2.7  # face units either side of the eye midpoint
@@ -152,35 +152,21 @@ def _render_procedural(crop: np.ndarray, five: np.ndarray, contour: np.ndarray |
     return _finish(crop, out[0].permute(1, 2, 0).numpy(), mask[0, 0].numpy() > 0)
 
 
+@functools.lru_cache(maxsize=64)
+def _template_bank(lib: TemplateLibrary, name: str) -> TemplateBank:
+    return TemplateBank(lib, [name], max_side=None)  # full resolution for single photos
+
+
 def _render_template(crop: np.ndarray, five: np.ndarray, contour: np.ndarray | None, spec: MaskSpec,
                      lib: TemplateLibrary) -> tuple[np.ndarray, np.ndarray, MaskSpec]:
-    template = lib.get(spec.template_name or "")
-    lm = torch.as_tensor(five[None], dtype=torch.float64)
-    frame = face_frame(lm)
-    f5 = frame.to_frame(lm)
-    cont = (frame.to_frame(torch.as_tensor(contour[None], dtype=torch.float64)) if contour is not None
-            else predict_contour(f5, frame.iod))
-    # the same top edge as the procedural kinds for this coverage and seed
-    probe = MaskSpec(kind="surgical", coverage=spec.coverage, seed=spec.seed)
-    p = params_from_specs([probe])
-    outline = make_outline(f5, cont, p.kind, p.coverage, p.seed, p.scale.double(), p.shift.double(), p.tilt.double())
-    anchors = face_anchors(f5[0].numpy(), cont[0].numpy(), float(outline.top[0]))
-    # jitter about the anchors' centre
-    c = anchors.mean(0)
-    ang = np.radians(spec.tilt)
-    rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-    anchors = c + (anchors - c) @ rot.T * spec.scale + np.array(spec.shift)
-    anchors_px = frame.to_pixels(torch.as_tensor(anchors[None], dtype=torch.float64))[0].numpy()
-    h, w = crop.shape[:2]
-    rgb, alpha = warp_template(template, anchors_px, (w, h))
-    # nothing near the eyes, as for procedural masks
-    pix = torch.stack(torch.meshgrid(torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64),
-                                     indexing="xy"), dim=-1).reshape(1, -1, 2)
-    v = frame.to_frame(pix)[0, :, 1].reshape(h, w).numpy()
-    unit = float(frame.unit[0])
-    alpha = alpha * np.clip(v * unit - (EYE_MARGIN * unit + 1.0) + 0.5, 0, 1)
-    alpha = np.where(alpha >= MIN_ALPHA, alpha, 0.0)
-    colour = crop.astype(np.float32) / 255.0 * (1 - alpha[..., None]) + rgb * alpha[..., None]
-    out, mask = _finish(crop, colour, alpha > 0)
-    spec = MaskSpec(**{**spec.__dict__, "color": template.mean_color, "texture": "none"})
-    return out, mask, spec
+    bank = _template_bank(lib, lib.get(spec.template_name or "").name)
+    x = torch.tensor(crop).permute(2, 0, 1)[None].float() / 255.0
+    cont = torch.as_tensor(contour[None], dtype=torch.float32) if contour is not None else None
+    out, mask = render_templates(
+        x, torch.as_tensor(five[None], dtype=torch.float32), torch.zeros(1, dtype=torch.long), bank,
+        seed=torch.tensor([spec.seed]), coverage=torch.tensor([COVERAGES.index(spec.coverage)]),
+        scale=torch.tensor([spec.scale]), shift=torch.tensor([spec.shift]), tilt=torch.tensor([math.radians(spec.tilt)]),
+        contour=cont)
+    image, m = _finish(crop, out[0].permute(1, 2, 0).numpy(), mask[0, 0].numpy() > 0)
+    spec = MaskSpec(**{**spec.__dict__, "color": bank.mean_colors[0], "texture": "none"})
+    return image, m, spec

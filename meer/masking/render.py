@@ -45,6 +45,32 @@ def _segment_distance(u: torch.Tensor, v: torch.Tensor, seg: torch.Tensor) -> to
     return torch.sqrt(best)
 
 
+def eye_clip(v_px: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """Coverage allowed at ``v_px`` pixels under the eye line: 0 within ``EYE_MARGIN`` face units + 1 px
+    (minus half a pixel of anti-aliasing), 1 from half a pixel further down."""
+    return (v_px - (EYE_MARGIN * unit + 1.0) + 0.5).clamp(0, 1)
+
+
+def composite(images: torch.Tensor, colour: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blend ``colour`` (B x 3 x H x W) over ``images`` with coverage ``alpha`` (B x H x W).
+
+    Coverage below ``MIN_ALPHA`` is dropped; pixels with no coverage are returned bit-identical and
+    every covered pixel changes (one level nudge where the blend would round back), so the returned
+    mask (B x 1 x H x W, bool) is exactly the set of changed pixels.
+    """
+    alpha = torch.where(alpha >= MIN_ALPHA, alpha, torch.zeros_like(alpha))
+    x = images.float()
+    a4 = alpha[:, None]
+    mask = a4 > 0
+    out = torch.where(mask, x + (colour - x) * a4, x).to(images.dtype)
+    same = mask[:, 0] & (out == images).all(dim=1)
+    if bool(same.any()):
+        first = images[:, 0]
+        step = torch.where(first < 0.5, 1.0 / 255, -1.0 / 255).to(images.dtype)
+        out[:, 0] = torch.where(same, first + step, out[:, 0])
+    return out, mask
+
+
 def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskParams,
                  contour: torch.Tensor | None = None, bank: torch.Tensor | None = None,
                  offset: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,8 +91,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     """
     dev = images.device
     out_dtype = images.dtype
-    x_img = images.float()
-    b, _, hgt, wid = x_img.shape
+    b, _, hgt, wid = images.shape
     p = params.to(dev)
     lm = landmarks.to(dev, torch.float32)
     frame: Frame = face_frame(lm)
@@ -93,7 +118,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
         return images.clone(), torch.zeros_like(images[:, :1])
     r0 = int(torch.nonzero(rows)[0, 0])
     full_x = images
-    x_img, u, v, gx, gy = x_img[:, :, r0:], u[:, r0:], v[:, r0:], gx[r0:], gy[r0:]
+    u, v, gx, gy = u[:, r0:], v[:, r0:], gx[r0:], gy[r0:]
     images = images[:, :, r0:]
     hgt = hgt - r0
 
@@ -118,9 +143,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     alpha_loop = (width / 2 + 0.5 - d_loop).clamp(0, 1) * outline.has_loops[:, None, None].float()
 
     # nothing near the eyes
-    eye_clip = (v * unit - margin + 0.5).clamp(0, 1)
-    alpha = torch.maximum(alpha_shape, alpha_loop) * eye_clip
-    alpha = torch.where(alpha >= MIN_ALPHA, alpha, torch.zeros_like(alpha))
+    alpha = torch.maximum(alpha_shape, alpha_loop) * eye_clip(v * unit, unit)
 
     # appearance, in the mask's own frame
     a, bb = outline.local_maps(u, v, p.scale.float(), p.shift.float(), p.tilt.float())
@@ -136,16 +159,7 @@ def render_masks(images: torch.Tensor, landmarks: torch.Tensor, params: MaskPara
     w_loop = ((alpha_loop - alpha_shape).clamp_min(0) / alpha_loop.clamp_min(1e-6))[:, None]
     colour = (colour + (loop_colour - colour) * w_loop).clamp(0, 1)
 
-    a4 = alpha[:, None]
-    mask = a4 > 0
-    comp = x_img + (colour - x_img) * a4
-    out = torch.where(mask, comp, x_img).to(out_dtype)
-    # a covered pixel always changes: move unchanged ones by one level
-    same = mask[:, 0] & (out == images).all(dim=1)
-    if bool(same.any()):
-        first = images[:, 0]
-        step = torch.where(first < 0.5, 1.0 / 255, -1.0 / 255).to(out_dtype)
-        out[:, 0] = torch.where(same, first + step, out[:, 0])
+    out, mask = composite(images, colour, alpha)
     if r0 > 0:
         out = torch.cat([full_x[:, :, :r0], out], dim=2)
         mask = torch.cat([mask.new_zeros(b, 1, r0, wid), mask], dim=2)

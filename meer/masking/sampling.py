@@ -61,6 +61,10 @@ class MaskParams:
     def __len__(self) -> int:
         return int(self.seed.shape[0])
 
+    def select(self, index: torch.Tensor) -> "MaskParams":
+        """The rows ``index`` (a long tensor)."""
+        return MaskParams(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
 
 def _choose(u: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Index per row of ``weights`` (B x N, rows need not sum to 1) for uniforms ``u`` (B)."""
