@@ -37,12 +37,12 @@ class FacenetJudge(Judge):
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, model: torch.nn.Module | None = None,
                  weights: str | Path | None = None):
-        from facenet_pytorch import InceptionResnetV1
-
         if model is None:
             path = Path(weights) if weights is not None else facenet_weights_path()
             if not path.is_file():
                 raise MeerError(f"facenet VGGFace2 weights not found at {path} (not downloaded during evaluation)")
+            from facenet_pytorch import InceptionResnetV1
+
             model = InceptionResnetV1(pretrained=None, classify=False)
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             self.cache_key = f"facenet-vggface2-{path.stat().st_size}"

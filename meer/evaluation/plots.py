@@ -37,7 +37,8 @@ def histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: st
     n = len(panels)
     cols = min(3, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), dpi=100, squeeze=False)
+    height = 2.8 * rows + 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, height), dpi=100, squeeze=False)
     allscores = np.concatenate([s for s, _ in panels.values()]) if panels else np.zeros(1)
     bins = np.linspace(allscores.min(), allscores.max(), 40) if allscores.size > 1 else 10
     for ax, (label, (scores, labels)) in zip(axes.ravel(), panels.items()):
@@ -52,7 +53,7 @@ def histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: st
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12 / rows, top=1 - 0.1 / rows, hspace=0.45, wspace=0.2)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.5 / height, top=1 - 0.75 / height, hspace=0.55, wspace=0.2)
     fig.savefig(path)
     plt.close(fig)
     return path
