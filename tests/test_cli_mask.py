@@ -69,8 +69,7 @@ def test_aligned_folder_end_to_end(aligned_dir: Path, tmp_path: Path, capsys):
         assert face["landmark_source"] == "template" and len(face["landmarks"]) == 5
         assert face["seed"] == file_seed(5, meta["source"], 0, 0)
         # the JSON spec redraws the same image
-        spec = MaskSpec.from_dict({k: face[k] for k in ("kind", "coverage", "color", "texture", "texture_color",
-                                                          "scale", "shift", "tilt", "seed")})
+        spec = MaskSpec.from_dict(face, strict=False)
         redo = apply_mask(original, np.array(face["landmarks"]), spec)
         assert np.array_equal(redo.image, masked)
     assert "3 input(s) skipped" not in err  # the hidden file is ignored, not reported
@@ -196,3 +195,20 @@ def test_template_kinds_from_the_shared_folder(aligned_dir: Path, tmp_path: Path
         original = read_image(next(aligned_dir.glob(f"{rel}.*"))).rgb
         gt = read_image(out / "masks" / f"{rel}.png").rgb[..., 0] == 255
         assert np.array_equal(gt, (masked != original).any(-1)) and gt.sum() > 1000
+
+
+def test_aligned_crops_with_68_points(aligned_dir: Path, tmp_path: Path):
+    from meer.masking.landmarks68 import find_predictor
+
+    if find_predictor() is None:
+        pytest.skip("dlib 68-point model not installed (judge extra)")
+    out = tmp_path / "out"
+    assert main([str(aligned_dir), str(out), "--aligned", "--landmarks", "68", "--quiet"]) == 0
+    meta = json.loads((out / "meta" / "a.json").read_text())
+    face = meta["faces"][0]
+    assert face["landmark_source"] == "template+dlib68" and len(face["landmarks"]) == 68
+    masked = read_image(out / "masked" / "a.png").rgb
+    original = read_image(aligned_dir / "a.png").rgb
+    assert np.array_equal(read_image(out / "masks" / "a.png").rgb[..., 0] == 255, (masked != original).any(-1))
+    redo = apply_mask(original, np.array(face["landmarks"]), MaskSpec.from_dict(face, strict=False))
+    assert np.array_equal(redo.image, masked)

@@ -6,8 +6,8 @@ For every input ``<rel>`` (folder structure kept, one output set per variant wit
 * ``OUT_DIR/masks/<rel>.png``: the exact occlusion mask, 255 where the masked image differs from the
   input, 0 elsewhere;
 * ``OUT_DIR/meta/<rel>.json``: per face the mask kind, coverage, colour, texture, jitter and seed (a
-  complete ``MaskSpec``: ``apply_mask(image, landmarks, MaskSpec.from_dict(...))`` redraws it), the
-  landmarks used and the face box, plus the source file.
+  complete ``MaskSpec``: ``apply_mask(image, face["landmarks"], MaskSpec.from_dict(face, strict=False))``
+  redraws it), the landmarks used and the face box, plus the source file.
 
 Each file's masks depend only on ``--seed`` and its path relative to IN_DIR, not on the order of
 processing. Unreadable files, non-images and photos without a face are reported at the end and
@@ -27,6 +27,8 @@ from pathlib import Path
 from meer.cli.common import FolderReport, run_cli
 
 PROG = "meer-mask"
+# where dlib's frontal detector puts the face box in a 112 x 112 ArcFace-aligned crop (x1 y1 x2 y2)
+ALIGNED_FACE_BOX = (14.0, 32.0, 92.0, 110.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inputs are crops aligned to the ArcFace template: no detection, template landmarks")
     ap.add_argument("--landmarks", choices=["5", "68", "auto"], default="auto",
                     help="68 = dlib jaw-line landmarks (judge extra) for the mask outline; auto = 68 when "
-                         "installed (photos only; aligned crops use the template), else 5 (default auto)")
+                         "installed for photos, the template for aligned crops (default auto); 68 points are "
+                         "dropped for a face where their eyes disagree with the detector's (or template's)")
     ap.add_argument("--largest-face", action="store_true", help="mask only the largest face of each photo")
     ap.add_argument("--min-score", type=float, default=0.9, help="detection score threshold (default 0.9)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="detector device (default cpu)")
@@ -142,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
                 texture_images=texture_images, templates=templates, template_p=template_p)
 
     predictor = load_landmarks68("5" if args.aligned and args.landmarks == "auto" else args.landmarks)
+    if predictor is None and args.landmarks == "auto" and not args.aligned:
+        print(f"{PROG}: note: 68-point landmarks unavailable (install the judge extra); using 5 points",
+              file=sys.stderr)
     detector = None
     if not args.aligned:
         from meer.faces.detect import FaceDetector
@@ -219,8 +225,9 @@ def _find_faces(rgb, args, detector, predictor) -> list[dict]:
 
     h, w = rgb.shape[:2]
     if args.aligned:
-        lm5 = ARCFACE_112 * np.array([w / 112.0, h / 112.0], dtype=np.float32)
-        box = np.array([0, 0, w - 1, h - 1], dtype=np.float32)
+        scale = np.array([w / 112.0, h / 112.0], dtype=np.float32)
+        lm5 = ARCFACE_112 * scale
+        box = ALIGNED_FACE_BOX * np.tile(scale, 2)
         faces = [{"landmarks": lm5.astype(np.float64), "box": box.tolist(), "score": None, "source": "template"}]
     else:
         dets = [d for d in detector.detect([rgb])[0] if d.score >= args.min_score]
@@ -233,8 +240,9 @@ def _find_faces(rgb, args, detector, predictor) -> list[dict]:
         for f in faces:
             lm68 = predictor.predict(rgb, np.array(f["box"]))
             five, _ = split_landmarks(lm68.astype(np.float64))
-            # keep 68 points only when they agree with the detector's eyes (dlib can drift on odd crops)
-            if f["source"] == "template" or np.linalg.norm(five[:2] - f["landmarks"][:2], axis=1).max() < \
+            # keep 68 points only when they agree with the detector's (or template's) eyes: dlib can
+            # drift on odd crops, and the mask would follow it
+            if np.linalg.norm(five[:2] - f["landmarks"][:2], axis=1).max() < \
                     0.35 * np.linalg.norm(f["landmarks"][1] - f["landmarks"][0]):
                 f["landmarks"] = lm68.astype(np.float64)
                 f["source"] = f["source"] + "+dlib68"

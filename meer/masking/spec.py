@@ -132,11 +132,13 @@ class MaskSpec:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MaskSpec":
+    def from_dict(cls, data: dict[str, Any], strict: bool = True) -> "MaskSpec":
+        """Inverse of ``to_dict``. ``strict=False`` ignores other keys (e.g. a face entry of a
+        ``meer-mask`` meta JSON, which adds the box and landmarks)."""
         if not isinstance(data, dict):
             raise MaskSpecError(f"a mask spec must be a mapping, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names - {"color_name"}
-        if unknown:
+        if unknown and strict:
             raise MaskSpecError(f"unknown mask spec key(s): {', '.join(sorted(unknown))}")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names})
