@@ -75,11 +75,13 @@ def time_precision(model: MEER, x: torch.Tensor, precision: str, seconds: float,
         torch.cuda.reset_peak_memory_stats()
     times = []
     start = time.perf_counter()
+    cpu_start = time.process_time()
     while len(times) < min_batches or time.perf_counter() - start < seconds:
         t = time.perf_counter()
         run()
         sync()
         times.append(time.perf_counter() - t)
+    cpu_per_face = (time.process_time() - cpu_start) / (len(times) * x.shape[0])
     times.sort()
     median = times[len(times) // 2]
     result = {
@@ -89,6 +91,8 @@ def time_precision(model: MEER, x: torch.Tensor, precision: str, seconds: float,
         "median_batch_s": round(median, 4),
         "faces_per_s": round(x.shape[0] / median, 1),
         "ms_per_face": round(1000 * median / x.shape[0], 2),
+        # CPU time of this process per face (all threads): less sensitive than wall time to other load
+        "cpu_ms_per_face": round(1000 * cpu_per_face, 2),
     }
     if device.type == "cuda":
         result["peak_mem_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -121,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "image_size": cfg.image_size,
         "results": [],
     }
     print(f"MEER restore forward: {info['params_total'] / 1e6:.2f} M parameters "
-          f"({info['params_generator'] / 1e6:.2f} M generator), {device}, {info['threads']} threads, batch {args.batch_size}")
+          f"({info['params_generator'] / 1e6:.2f} M generator), {device}, {info['threads']} threads, batch {args.batch_size}, "
+          f"load average {info['load_average_1min']}")
     for precision in args.precisions:
         r = time_precision(model, x, precision, args.seconds, args.min_batches)
         info["results"].append(r)
@@ -134,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {precision:>4}: skipped ({r['skipped']})")
         else:
             mem = f", peak {r['peak_mem_mib']} MiB" if "peak_mem_mib" in r else ""
-            print(f"  {precision:>4}: {r['faces_per_s']:8.1f} faces/s  ({r['ms_per_face']} ms/face, "
-                  f"median of {r['batches']} batches{mem})")
+            print(f"  {precision:>4}: {r['faces_per_s']:8.1f} faces/s  ({r['ms_per_face']} ms/face wall, "
+                  f"{r['cpu_ms_per_face']} ms/face CPU time, median of {r['batches']} batches{mem})")
     if args.json:
         args.json.write_text(json.dumps(info, indent=2), encoding="utf-8")
     return 0
