@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -92,6 +93,7 @@ def run(restorer: Restorer, photos: list[LoadedImage], batch: int) -> dict:
     restorer.restore_images(photos[:batch])  # warm-up
     totals = {"detect": 0.0, "align": 0.0, "model": 0.0, "paste": 0.0}
     faces = restored = 0
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for i in range(0, len(photos), batch):
         for res in restorer.restore_images(photos[i:i + batch]):
@@ -100,27 +102,30 @@ def run(restorer: Restorer, photos: list[LoadedImage], batch: int) -> dict:
             for k, v in res.timings.items():
                 totals[k] += v
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     return {"photos": len(photos), "faces": faces, "restored": restored, "seconds": round(wall, 3),
+            "cpu_seconds_per_photo": round(cpu / len(photos), 3),
             "photos_per_s": round(len(photos) / wall, 3), "faces_per_s": round(faces / wall, 3),
             "share": {k: round(v / wall, 3) for k, v in totals.items()},
             "seconds_by_step": {k: round(v, 3) for k, v in totals.items()}}
 
 
-def model_only(model: MEER, device: torch.device, dtype: torch.dtype, batch: int, reps: int = 5) -> float:
-    """faces/s of the model alone (forward + embedding of the restored faces)."""
+def model_only(model: MEER, device: torch.device, dtype: torch.dtype, batch: int, reps: int = 5) -> dict:
+    """faces/s and CPU seconds per face of the model alone (forward + embedding of the restored faces)."""
     from meer.inference.runtime import autocast
 
     x = torch.rand(batch, 3, model.cfg.image_size, model.cfg.image_size, device=device)
     with torch.inference_mode(), autocast(device, dtype):
         out = model(x)
         model.embed(out.restored.float())
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(reps):
             out = model(x)
             model.embed(out.restored.float())
         if device.type == "cuda":
             torch.cuda.synchronize()
-    return round(batch * reps / (time.perf_counter() - t0), 2)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"faces_per_s": round(batch * reps / wall, 2), "cpu_seconds_per_face": round(cpu / (batch * reps), 4)}
 
 
 def main() -> None:
@@ -142,22 +147,26 @@ def main() -> None:
     photos = make_photos(args.photos)
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
                "device": str(device), "torch": torch.__version__, "model_config": cfg_source,
-               "parameters": count_parameters(model), "batch_size": args.batch_size, "runs": {}}
+               "parameters": count_parameters(model), "batch_size": args.batch_size,
+               "load_before": [round(x, 2) for x in os.getloadavg()], "runs": {}}
     for prec in args.precisions:
         dtype = resolve_dtype(prec, device)
         restorer = Restorer(model, detector, device=device, dtype=dtype, batch_size=args.batch_size)
         r = run(restorer, photos, args.batch_size)
-        r["model_only_faces_per_s"] = model_only(model, device, dtype, args.batch_size)
+        r["model_only"] = model_only(model, device, dtype, args.batch_size)
         results["runs"][prec] = r
 
     print(f"meer-restore speed on {results['device']} ({results['machine']}), model {cfg_source} "
           f"({results['parameters'] / 1e6:.2f} M parameters), {args.photos} photos, batch {args.batch_size}")
-    print("| precision | photos/s | faces/s | detection | alignment | model | paste-back | model alone (faces/s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"load average before: {results['load_before']} (other processes make wall-clock figures slower)")
+    print("| precision | photos/s | faces/s | CPU s/photo | detection | alignment | model | paste-back | "
+          "model alone: faces/s, CPU s/face |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for prec, r in results["runs"].items():
         s = r["share"]
-        print(f"| {prec} | {r['photos_per_s']:.2f} | {r['faces_per_s']:.2f} | {s['detect']:.0%} | {s['align']:.0%} | "
-              f"{s['model']:.0%} | {s['paste']:.0%} | {r['model_only_faces_per_s']:.1f} |")
+        print(f"| {prec} | {r['photos_per_s']:.2f} | {r['faces_per_s']:.2f} | {r['cpu_seconds_per_photo']:.2f} | "
+              f"{s['detect']:.0%} | {s['align']:.0%} | {s['model']:.0%} | {s['paste']:.0%} | "
+              f"{r['model_only']['faces_per_s']:.1f}, {r['model_only']['cpu_seconds_per_face']:.3f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
