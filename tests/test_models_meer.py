@@ -227,3 +227,26 @@ def test_cpu_and_gpu_layouts_build():
     assert ir50.encoder.channels == [64, 64, 128, 256, 512]
     out = cpu.eval()(torch.rand(1, 3, 112, 112))
     assert out.restored.shape == (1, 3, 112, 112) and F.normalize(out.embedding).shape == (1, 512)
+
+
+def test_generator_ignores_encoder_features_and_pixels_inside_the_mask():
+    """Masked-region content can only come from the identity code and visible context: changing the skips and
+    the input pixels where the (downsampled) visibility is 0 leaves the generator output unchanged."""
+    m = model().eval()
+    clean, masked, _ = batch()
+    mask = torch.zeros(4, 1, S, S)
+    mask[..., S // 2 :, :] = 1.0  # aligned with every level's grid: visibility exactly 0 in the lower half
+    with torch.no_grad():
+        feats = m.encoder(masked * 2 - 1)
+        id_code = m.decoupling(feats, (S, S))["id_code"]
+        ref = m.generator(feats, id_code, 1 - mask, masked * 2 - 1)
+        noisy = [f.clone() for f in feats]
+        for f in noisy:
+            f[..., f.shape[-2] // 2 :, :] = torch.randn_like(f[..., f.shape[-2] // 2 :, :]) * 5
+        other_x = masked.clone()
+        other_x[..., S // 2 :, :] = torch.rand_like(other_x[..., S // 2 :, :])
+        out = m.generator(noisy, id_code, 1 - mask, other_x * 2 - 1)
+        assert torch.equal(out, ref)
+        # ... while the identity code does change the hole
+        changed = m.generator(feats, id_code + 1.0, 1 - mask, masked * 2 - 1)
+    assert not torch.allclose(changed[..., S // 2 :, :], ref[..., S // 2 :, :])
