@@ -9,7 +9,6 @@ weights as float32 and returns ``(model.eval(), meta)``. A missing, corrupt or i
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 from pathlib import Path
 from typing import Any
