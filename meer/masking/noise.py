@@ -38,6 +38,16 @@ def hash_uniform(seed: torch.Tensor, *keys: torch.Tensor | int, dtype: torch.dty
     return (hash_u32(seed, *keys) >> 8).to(dtype) * (1.0 / 16777216.0)
 
 
+N_KEYS = 128  # per-sample parameter keys used by the masks (0-127)
+
+
+def uniform_table(seed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``hash_uniform(seed, k)`` for every key ``k < N_KEYS`` at once: B x N_KEYS (one vectorised call
+    instead of dozens of tiny ones)."""
+    keys = torch.arange(N_KEYS, device=seed.device)
+    return hash_uniform(seed.reshape(-1, 1), keys[None], dtype=dtype)
+
+
 def hash2d_uniform(seed: torch.Tensor, key: int, ix: torch.Tensor, iy: torch.Tensor) -> torch.Tensor:
     """Uniform in ``[0, 1)`` per integer lattice point ``(ix, iy)``; ``seed`` is B and broadcasts over
     the trailing dimensions of ``ix``/``iy`` (B x ...). One mixing round per point (fast per pixel)."""

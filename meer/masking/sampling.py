@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from meer.masking.noise import hash_uniform
+from meer.masking.noise import hash_uniform, uniform_table
 from meer.masking.spec import (COVERAGES, KINDS, PALETTE, SCALE_RANGE, SHIFT_RANGE, TEXTURES, TILT_RANGE,
                                MaskSpec, MaskSpecError)
 
@@ -103,6 +103,8 @@ def params_from_seeds(seeds: torch.Tensor, kinds: Sequence[str] | None = None,
     seeds = seeds.long()
     dev = seeds.device
     b = seeds.shape[0]
+    tab = uniform_table(seeds)
+    h = lambda key: tab[:, key]  # noqa: E731
     kind_w = torch.tensor([KIND_WEIGHTS[k] for k in KINDS]) * _allowed(kinds, KINDS, "mask kind")
     cov_w = torch.tensor([COVERAGE_WEIGHTS[c] for c in COVERAGES]) * _allowed(coverages, COVERAGES, "coverage")
     tex_allowed = _allowed(textures, TEXTURES, "texture")
@@ -110,40 +112,41 @@ def params_from_seeds(seeds: torch.Tensor, kinds: Sequence[str] | None = None,
         if textures is not None and list(textures) == ["image"]:
             raise MaskSpecError("texture 'image' needs texture images (give a texture folder)")
         tex_allowed[TEXTURES.index("image")] = 0.0
-    kind = _choose(hash_uniform(seeds, 100), kind_w.to(dev).expand(b, -1))
-    coverage = _choose(hash_uniform(seeds, 101), cov_w.to(dev).expand(b, -1))
+    kind = _choose(h(100), kind_w.to(dev).expand(b, -1))
+    coverage = _choose(h(101), cov_w.to(dev).expand(b, -1))
     tex_table = torch.tensor([TEXTURE_WEIGHTS[k] for k in KINDS]) * tex_allowed
     empty_rows = tex_table.sum(1) <= 0
     tex_table[empty_rows] = tex_allowed
-    texture = _choose(hash_uniform(seeds, 102), tex_table.to(dev)[kind])
+    texture = _choose(h(102), tex_table.to(dev)[kind])
     image_index = torch.where(texture == TEXTURES.index("image"),
-                              (hash_uniform(seeds, 112) * max(n_images, 1)).long().clamp_max(max(n_images - 1, 0)),
+                              (h(112) * max(n_images, 1)).long().clamp_max(max(n_images - 1, 0)),
                               torch.full_like(seeds, -1))
     pal = torch.tensor([PALETTE[n] for n in _PALETTE_NAMES], dtype=torch.float32) / 255.0
     pal_w = torch.tensor([[PALETTE_WEIGHTS[k].get(n, 0.0) for n in _PALETTE_NAMES] for k in KINDS])
-    pal_idx = _choose(hash_uniform(seeds, 104), pal_w.to(dev)[kind])
+    pal_idx = _choose(h(104), pal_w.to(dev)[kind])
     rand_p = torch.tensor([RANDOM_COLOR_P[k] for k in KINDS], device=dev)[kind]
-    rand_rgb = hsv_to_rgb(hash_uniform(seeds, 105), 0.15 + 0.65 * hash_uniform(seeds, 106),
-                          0.25 + 0.7 * hash_uniform(seeds, 107))
-    color = torch.where((hash_uniform(seeds, 103) < rand_p)[:, None], rand_rgb, pal.to(dev)[pal_idx])
+    rand_rgb = hsv_to_rgb(h(105), 0.15 + 0.65 * h(106), 0.25 + 0.7 * h(107))
+    color = torch.where((h(103) < rand_p)[:, None], rand_rgb, pal.to(dev)[pal_idx])
     color = (color * 255).round() / 255  # what a MaskSpec can hold
-    color2 = second_color(seeds, color)
+    color2 = second_color(seeds, color, tab)
     lo, hi = SCALE_RANGE
-    scale = lo + (hi - lo) * hash_uniform(seeds, 108)
-    shift = torch.stack([hash_uniform(seeds, 109), hash_uniform(seeds, 110)], dim=1) * (2 * SHIFT_RANGE) - SHIFT_RANGE
-    tilt = (hash_uniform(seeds, 111) * 2 - 1) * math.radians(TILT_RANGE)
+    scale = lo + (hi - lo) * h(108)
+    shift = torch.stack([h(109), h(110)], dim=1) * (2 * SHIFT_RANGE) - SHIFT_RANGE
+    tilt = (h(111) * 2 - 1) * math.radians(TILT_RANGE)
     return MaskParams(seed=seeds, kind=kind, coverage=coverage, texture=texture, image_index=image_index,
                       color=color, color2=color2, scale=scale, shift=shift, tilt=tilt)
 
 
-def second_color(seeds: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
-    """The texture's second colour: a lighter/darker shade of ``color`` or another palette colour."""
+def second_color(seeds: torch.Tensor, color: torch.Tensor, tab: torch.Tensor | None = None) -> torch.Tensor:
+    """The texture's second colour: a lighter/darker shade of ``color`` or another palette colour
+    (``tab``: the seeds' ``uniform_table`` when already computed)."""
+    tab = uniform_table(seeds) if tab is None else tab
     pal = torch.tensor([PALETTE[n] for n in _PALETTE_NAMES], dtype=torch.float32, device=seeds.device) / 255.0
-    other = pal[(hash_uniform(seeds, 25) * len(_PALETTE_NAMES)).long().clamp_max(len(_PALETTE_NAMES) - 1)]
+    other = pal[(tab[:, 25] * len(_PALETTE_NAMES)).long().clamp_max(len(_PALETTE_NAMES) - 1)]
     lum = (color * torch.tensor([0.299, 0.587, 0.114], device=seeds.device)).sum(1, keepdim=True)
-    t = 0.45 + 0.4 * hash_uniform(seeds, 26)[:, None]
+    t = 0.45 + 0.4 * tab[:, 26][:, None]
     shade = torch.where(lum > 0.5, color * (1 - t), color + (1 - color) * t)
-    c2 = torch.where((hash_uniform(seeds, 24) < 0.5)[:, None], shade, other)
+    c2 = torch.where((tab[:, 24] < 0.5)[:, None], shade, other)
     # never (almost) the same colour as the base: fall back to the shade
     same = (c2 - color).abs().sum(1, keepdim=True) < 0.15
     c2 = torch.where(same, shade, c2)

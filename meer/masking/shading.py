@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from meer.masking.noise import hash2d_uniform, hash_uniform, value_noise
+from meer.masking.noise import hash2d_uniform, hash_uniform, uniform_table, value_noise
 from meer.masking.shapes import Outline, bottom_curve, top_curve
 from meer.masking.spec import KINDS
 
@@ -33,7 +33,8 @@ def _line(dist_px: torch.Tensor, width_px: float = 0.8) -> torch.Tensor:
 def lighting(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: Outline) -> torch.Tensor:
     """Lambert + ambient brightness factor, ~1 at the mask centre (B x H x W)."""
     dt = a.dtype
-    h = lambda key: hash_uniform(seed, key, dtype=dt)  # noqa: E731
+    tab = uniform_table(seed, dt)
+    h = lambda key: tab[:, key]  # noqa: E731
     ax = torch.tensor([CURVATURE[k][0] for k in KINDS], device=a.device, dtype=dt)[kind][:, None, None]
     ay = torch.tensor([CURVATURE[k][1] for k in KINDS], device=a.device, dtype=dt)[kind][:, None, None]
     nx = (a - out.mid_u[:, None, None]) / ax
@@ -61,6 +62,7 @@ def structure(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.
     valve = torch.zeros_like(a)
     valve_color = torch.zeros(a.shape[0], 3, device=a.device, dtype=dt)
     upx = unit_px[:, None, None]
+    tab = uniform_table(seed, dt)
     # edge turning away from the camera
     mult = mult * (0.86 + 0.14 * (inside_px / (0.06 * upx).clamp_min(1.5)).clamp(0, 1))
     for k_idx, name in enumerate(KINDS):
@@ -68,7 +70,7 @@ def structure(kind: torch.Tensor, seed: torch.Tensor, a: torch.Tensor, b: torch.
         if sel.numel() == 0:
             continue
         sa, sb, ss, ins, u = a[sel], b[sel], seed[sel], inside_px[sel], upx[sel]
-        h = lambda key: hash_uniform(ss, key, dtype=dt)[:, None, None]  # noqa: E731
+        h = lambda key, sel=sel: tab[sel, key][:, None, None]  # noqa: E731
         mid = out.mid_u[sel][:, None, None]
         f = torch.ones_like(sa)
         if name == "surgical":

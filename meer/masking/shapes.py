@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from meer.masking.geometry import rotate
-from meer.masking.noise import hash_uniform
+from meer.masking.noise import uniform_table
 from meer.masking.spec import COVERAGES, KINDS
 
 N_SIDE = 24  # points on the top curve and on the bottom curve
@@ -115,7 +115,8 @@ def make_outline(f5: torch.Tensor, contour: torch.Tensor, kind: torch.Tensor, co
     both in face units."""
     dt = f5.dtype
     dev = f5.device
-    h = lambda key: hash_uniform(seed, key, dtype=dt)  # noqa: E731
+    tab = uniform_table(seed, dt)
+    h = lambda key: tab[:, key]  # noqa: E731
     nose_u, nose_v = f5[:, 2, 0], f5[:, 2, 1]
     mid_u = (f5[:, 3, 0] + f5[:, 4, 0]) / 2
     mouth_v = (f5[:, 3, 1] + f5[:, 4, 1]) / 2

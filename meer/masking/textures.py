@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meer.masking.noise import hash2d_uniform, hash_uniform, value_noise
+from meer.masking.noise import hash2d_uniform, hash_uniform, uniform_table, value_noise
 from meer.masking.spec import TEXTURES, MaskSpecError
 
 FREQ = {"stripes": (4.0, 8.0), "checks": (3.0, 6.0), "dots": (5.0, 8.0), "floral": (2.6, 4.2)}
@@ -40,7 +40,8 @@ def pattern(name: str, seed: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> 
     Returns ``(weight of the second colour, weight of the flower-centre colour)``, each B x H x W.
     """
     dt = a.dtype
-    h = lambda key: hash_uniform(seed, key, dtype=dt)  # noqa: E731
+    tab = uniform_table(seed, dt)
+    h = lambda key: tab[:, key]  # noqa: E731
     lo, hi = FREQ[name]
     f = (lo + (hi - lo) * h(19))[:, None, None]
     zero = torch.zeros_like(a)
@@ -107,8 +108,9 @@ def texture_colors(texture: torch.Tensor, seed: torch.Tensor, color: torch.Tenso
                 raise MaskSpecError("an image texture was requested but no texture images were given")
             idx = image_index[sel].clamp(0, bank.shape[0] - 1)
             tiles = bank.to(device=a.device, dtype=a.dtype)[idx]
-            f = (0.7 + 0.5 * hash_uniform(ss, 31, dtype=a.dtype))[:, None, None]
-            off = hash_uniform(ss, 32, dtype=a.dtype)[:, None, None]
+            tab = uniform_table(ss, a.dtype)
+            f = (0.7 + 0.5 * tab[:, 31])[:, None, None]
+            off = tab[:, 32][:, None, None]
 
             def tri(x: torch.Tensor) -> torch.Tensor:  # mirror tiling: 0..1..0 with period 2
                 return 1 - torch.abs(torch.remainder(x, 2) - 1)
