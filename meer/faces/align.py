@@ -89,28 +89,31 @@ def align_face(image_rgb: np.ndarray, landmarks: np.ndarray, size: int = 112) ->
         raise MeerError(f"image must be H x W x 3 uint8, got {image_rgb.dtype} {tuple(image_rgb.shape)}")
     lm = _check_landmarks(landmarks)
     matrix = similarity_matrix(lm, size=size)
-    x0, y0, x1, y1 = _source_window(matrix, size, image_rgb.shape[1], image_rgb.shape[0])
+    landmarks_crop = transform_points(lm, matrix).astype(np.float32)
+    window = _source_window(matrix, size, image_rgb.shape[1], image_rgb.shape[0])
+    if window is None:  # the face lies entirely outside the photo
+        return AlignedFace(crop=np.zeros((size, size, 3), np.uint8), matrix=matrix, landmarks=landmarks_crop)
+    x0, y0, x1, y1 = window
     # warp only the part of the photo the crop can see (large photos stay cheap)
     window = torch.from_numpy(np.ascontiguousarray(image_rgb[y0:y1, x0:x1])).permute(2, 0, 1)[None].float()
     shifted = matrix.copy()
     shifted[:, 2] += matrix[:, :2] @ np.array([x0, y0], dtype=np.float64)
     crop = warp(window, torch.from_numpy(shifted)[None].float(), (size, size))[0]
     crop = crop.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=matrix,
-                       landmarks=transform_points(lm, matrix).astype(np.float32))
+    return AlignedFace(crop=np.ascontiguousarray(crop), matrix=matrix, landmarks=landmarks_crop)
 
 
-def _source_window(matrix: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """Integer image window (x0, y0, x1, y1) covering the crop's footprint plus one pixel."""
+def _source_window(matrix: np.ndarray, size: int, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """Integer image window (x0, y0, x1, y1) covering the crop's footprint plus one pixel; ``None``
+    when the footprint misses the photo (or leaves a sliver too thin to interpolate)."""
     corners = transform_points(np.array([[-1, -1], [size, -1], [-1, size], [size, size]], np.float64),
                                invert(matrix))
     x0 = int(np.clip(np.floor(corners[:, 0].min()) - 1, 0, width))
     y0 = int(np.clip(np.floor(corners[:, 1].min()) - 1, 0, height))
     x1 = int(np.clip(np.ceil(corners[:, 0].max()) + 2, 0, width))
     y1 = int(np.clip(np.ceil(corners[:, 1].max()) + 2, 0, height))
-    if x1 <= x0 or y1 <= y0:  # the face lies entirely outside the photo: a 1-pixel window keeps shapes valid
-        x0, y0 = min(x0, width - 1), min(y0, height - 1)
-        x1, y1 = x0 + 1, y0 + 1
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
     return x0, y0, x1, y1
 
 

@@ -113,6 +113,11 @@ def _crop_footprint(matrix: np.ndarray, size: int, width: int, height: int) -> t
     y0 = int(np.clip(np.floor(corners[:, 1].min()), 0, height))
     x1 = int(np.clip(np.ceil(corners[:, 0].max()) + 1, 0, width))
     y1 = int(np.clip(np.ceil(corners[:, 1].max()) + 1, 0, height))
+    if x1 > x0 and y1 > y0:  # kornia needs >= 2 pixels per side to normalise coordinates
+        if x1 - x0 < 2:
+            x0, x1 = (x0 - 1, x1) if x0 > 0 else (x0, x1 + 1)
+        if y1 - y0 < 2:
+            y0, y1 = (y0 - 1, y1) if y0 > 0 else (y0, y1 + 1)
     return x0, y0, x1, y1
 
 
@@ -135,11 +140,14 @@ def _blend(rgb8: np.ndarray, rgb16: np.ndarray | None, face_crop: np.ndarray, ma
     out16 = rgb16.copy() if rgb16 is not None else None
     if x1 <= x0 or y1 <= y0:
         return out8, out16
-    planes = np.concatenate([face_crop.transpose(2, 0, 1).astype(np.float32), region[None]], axis=0)
+    planes = np.concatenate([face_crop.transpose(2, 0, 1).astype(np.float32), region[None],
+                             np.ones((1, size, size), np.float32)], axis=0)
     warped = _warp_back(planes, matrix, (x0, y0, x1, y1))
-    face, alpha = warped[:3].transpose(1, 2, 0), np.clip(warped[3], 0.0, 1.0)
+    coverage = warped[4]
+    alpha = np.clip(warped[3], 0.0, 1.0)  # already fades with the coverage at the footprint's edge
+    # at the footprint's edge bilinear sampling mixes in the zero padding: un-premultiply the face
+    face = (warped[:3] / np.maximum(coverage, 1e-6)).transpose(1, 2, 0)
     touched = alpha > 0
-    # the warped crop is premultiplied by its own coverage at the footprint edge; the region is 0 there
     a = alpha[..., None]
     win8 = out8[y0:y1, x0:x1]
     blended = a * face + (1 - a) * win8.astype(np.float32)
