@@ -175,13 +175,13 @@ def make_outline(f5: torch.Tensor, contour: torch.Tensor, kind: torch.Tensor, co
     jaw = contour[:, :17]
     w = _lerp(h(3), CLIP_W)
     jaw = centre[:, None] + (jaw - centre[:, None]) * w[:, None, None]
-    # never narrower than the mouth plus a margin (smiles, and jaw points that hug the cheeks)
+    # at mouth height, never narrower than the mouth plus a margin (smiles, jaw points hugging the cheeks)
     half = torch.maximum((f5[:, 3, 0] - axis_u).abs(), (f5[:, 4, 0] - axis_u).abs()) + MOUTH_MARGIN
-    ju = jaw[..., 0] - axis_u[:, None]
-    widened = torch.sign(ju) * torch.maximum(ju.abs(), half[:, None])
-    sides = torch.zeros(17, dtype=torch.bool, device=dev)
-    sides[2:15] = True
-    jaw = torch.stack([torch.where(sides, axis_u[:, None] + widened, jaw[..., 0]), jaw[..., 1]], dim=-1)
+    side_sign = torch.tensor([-1.0] * 8 + [0.0] + [1.0] * 8, device=dev, dtype=dt)
+    ju = (jaw[..., 0] - axis_u[:, None]) * side_sign
+    near_mouth = (jaw[..., 1] < (mouth_v + 0.3)[:, None]) & (side_sign != 0)
+    ju = torch.where(near_mouth, torch.maximum(ju, half[:, None]), ju)
+    jaw = torch.stack([torch.where(side_sign != 0, axis_u[:, None] + ju * side_sign, jaw[..., 0]), jaw[..., 1]], dim=-1)
     up = torch.full_like(jaw[:, :1, 1], -3.0)
     left_up = torch.stack([jaw[:, :1, 0], up], dim=-1)
     right_up = torch.stack([jaw[:, -1:, 0], up], dim=-1)
