@@ -160,3 +160,25 @@ def test_save_and_load_eum(tmp_path):
     torch.save({"x": 1}, tmp_path / "other.pt")
     with pytest.raises(MeerError, match="not an EUM checkpoint"):
         load_eum(tmp_path / "other.pt")
+
+
+def test_meer_recognition_branch_as_embedder(tmp_path):
+    from meer.config import load_config
+    from meer.models.checkpoint import load_meer, save_inference_checkpoint
+    from meer.models.meer import MEER
+    from meer.training.config import TrainConfig
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    model = MEER(load_config(TrainConfig, repo / "configs" / "tiny.yaml").model).eval()
+    path = save_inference_checkpoint(model, tmp_path / "meer.pt")
+    emb = build_embedder(EmbedderConfig(kind="meer", path=str(path)))
+    x = torch.rand(2, 3, 64, 64)
+    loaded, _ = load_meer(path)
+    with torch.no_grad():
+        ref, original = loaded.embed(x), model.embed(x)
+    out = emb(x)
+    assert out.shape == (2, 512) and torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(out, original, atol=1e-3)  # the inference checkpoint may store reduced precision
+    assert all(not p.requires_grad for p in emb.parameters())
+    with pytest.raises(MeerError, match="MEER checkpoint not found"):
+        build_embedder(EmbedderConfig(kind="meer", path=str(tmp_path / "none.pt")))

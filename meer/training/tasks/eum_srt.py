@@ -61,7 +61,7 @@ def build_embedder(cfg: EmbedderConfig) -> FrozenEmbedder:
         raise MeerError("embedder kind 'meer' needs meer.models.checkpoint (not available in this install)") from None
     if not Path(cfg.path).is_file():
         raise MeerError(f"MEER checkpoint not found: {cfg.path}")
-    model = load_meer(cfg.path, device="cpu")
+    model, _meta = load_meer(cfg.path, map_location="cpu")
     return FrozenEmbedder(_MEEREmbed(model))
 
 
