@@ -10,7 +10,6 @@ is what the loop drives (``build(cfg, num_classes, num_mask_kinds, dist)``).
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -132,7 +131,10 @@ class EUMTask:
         self.opt = torch.optim.SGD(self.eum.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
                                    weight_decay=tc.weight_decay)
         self.mine_gen = torch.Generator().manual_seed(cfg.seed + 7)
-        self.autocast = contextlib.nullcontext  # the EUM is tiny: always float32
+        from meer.training.meer_task import autocast_factory
+
+        # AMP applies to the frozen recognizer's forward; the EUM and the loss always run in float32
+        self.autocast = autocast_factory(cfg.amp, self.device)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"eum": self.eum}
@@ -148,7 +150,10 @@ class EUMTask:
 
     def train_step(self, batch, step: int, nimg: int) -> dict[str, float]:
         self.eum.train()
-        out = eum_step(batch.masked, batch.clean, batch.labels, self.eum, self.embedder, self.loss_fn, self.mine_gen)
+        with self.autocast():
+            e_masked, e_clean = self.embedder(batch.masked), self.embedder(batch.clean)
+        out = eum_step(e_masked.float(), e_clean.float(), batch.labels, self.eum, None, self.loss_fn, self.mine_gen,
+                       precomputed=True)
         if not torch.isfinite(out["loss"]):
             from meer.training.meer_task import NonFiniteLoss
 
@@ -170,10 +175,12 @@ class EUMTask:
         self.eum.eval()
         raw, unmasked, clean = [], [], []
         for start in range(0, vs.clean.shape[0], batch_size):
-            e_m = self.embedder(vs.masked[start:start + batch_size].to(device))
+            with self.autocast():
+                e_m = self.embedder(vs.masked[start:start + batch_size].to(device)).float()
+                e_c = self.embedder(vs.clean[start:start + batch_size].to(device)).float()
             raw.append(e_m.cpu())
             unmasked.append(self.eum(e_m).cpu())
-            clean.append(self.embedder(vs.clean[start:start + batch_size].to(device)).cpu())
+            clean.append(e_c.cpu())
         self.eum.train()
         raw, unmasked, clean = torch.cat(raw), torch.cat(unmasked), torch.cat(clean)
         out = {}
