@@ -182,7 +182,7 @@ def test_batches_match_single_photos_and_faces_are_selected(photo, detector, no_
     assert len(largest.faces) == 1 and np.allclose(largest.faces[0].box, batch[2].faces[0].box)
     # a minimum face size above both faces leaves nothing, with the reason
     none = Restorer(model, detector, min_face=400).restore_image(two_faces)
-    assert none.faces == [] and "smaller than 400 px" in none.note
+    assert none.faces == [] and none.note == "2 face(s) found, all smaller than 400 px (see --min-face)"
 
 
 def test_aligned_crops_skip_detection(photo):

@@ -164,9 +164,10 @@ class Restorer:
         # 2. align
         jobs: list[tuple[int, dict]] = []  # (photo index, face record)
         for i, (im, faces) in enumerate(zip(images, found)):
+            rgb = np.require(im.rgb, requirements="W") if faces else im.rgb  # torch warns on read-only arrays
             for face in faces:
                 t0 = time.perf_counter()
-                face.update(self._align(im, face))
+                face.update(self._align(rgb, face))
                 face["seconds"] = time.perf_counter() - t0
                 timings[i]["align"] += face["seconds"]
                 jobs.append((i, face))
@@ -192,7 +193,7 @@ class Restorer:
             return [], "no face found"
         usable = [d for d in dets if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face]
         if not usable:
-            return [], f"only faces smaller than {self.min_face} px found ({len(dets)})"
+            return [], f"{len(dets)} face(s) found, all smaller than {self.min_face} px (see --min-face)"
         usable.sort(key=lambda d: -d.area)
         if self.faces == "largest":
             usable = usable[:1]
@@ -206,17 +207,17 @@ class Restorer:
         return {"box": np.array([0, 0, w, h], np.float32), "score": None, "landmarks": landmarks,
                 "matrix": np.array([[sx, 0, 0], [0, sy, 0]], np.float64)}
 
-    def _align(self, im: LoadedImage, face: dict) -> dict:
+    def _align(self, rgb: np.ndarray, face: dict) -> dict:
         if "matrix" in face:  # an aligned input: resize to 112 if needed
-            if im.rgb.shape[:2] == (self.crop_size, self.crop_size):
-                crop = im.rgb.copy()
+            if rgb.shape[:2] == (self.crop_size, self.crop_size):
+                crop = rgb.copy()
             else:
-                t = torch.from_numpy(np.array(im.rgb)).permute(2, 0, 1)[None].float()
+                t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
                 crop = F.interpolate(t, size=(self.crop_size, self.crop_size), mode="bilinear", antialias=True,
                                      align_corners=False)[0].permute(1, 2, 0).round().clamp(0, 255)
                 crop = crop.to(torch.uint8).numpy()
             return {"crop": crop}
-        aligned = align_face(im.rgb, face["landmarks"], size=self.crop_size)
+        aligned = align_face(rgb, face["landmarks"], size=self.crop_size)
         return {"crop": np.ascontiguousarray(aligned.crop), "matrix": np.asarray(aligned.matrix, np.float64)}
 
     @torch.inference_mode()
