@@ -218,3 +218,22 @@ def test_bad_options():
         Restorer(tiny_meer(), None, aligned=True, min_occlusion=1.5)
     with pytest.raises(MeerError, match="detector is needed"):
         Restorer(tiny_meer(), None)
+
+
+@pytest.mark.shared_data
+def test_real_masked_photos_change_only_inside_the_regions(shared_data, detector):
+    """Real in-the-wild masked photos (RWMFD): faces are found and nothing outside the regions moves."""
+    paths = sorted((shared_data / "real_masked" / "rwmfd").glob("*/*.jpg"))[:3]
+    if not paths:
+        pytest.skip("no RWMFD photos in the shared data")
+    restorer = Restorer(steer(tiny_meer(), lower_face()), detector, batch_size=4)
+    images = [read_image(p) for p in paths]
+    results = restorer.restore_images(images)
+    assert sum(len(r.faces) for r in results) >= 2
+    for im, res in zip(images, results):
+        support = np.zeros(im.rgb.shape[:2], bool)
+        for face in res.faces:
+            assert face.status == "restored"
+            support |= warped_support(face, im.rgb.shape)
+        assert not np.any(changed_pixels(im.rgb, res.rgb) & ~support)
+        assert changed_pixels(im.rgb, res.rgb).any() == bool(res.faces)
