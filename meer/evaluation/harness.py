@@ -211,8 +211,9 @@ def rank1_block(emb: dict, judge: Judge, views: Views, data: EvalData, source: s
         return {"error": "fewer than 2 identities with an enrolled unmasked photo"}
     G = np.stack(gallery)
     g_labels_a = np.asarray(g_labels)
+    enrolled = set(g_labels)
     probe_paths = [p for p, im in data.images.items()
-                   if im.identity in set(g_labels) and p not in gallery_paths
+                   if im.identity in enrolled and p not in gallery_paths
                    and (im.real_masked if source == "real" else not im.real_masked)]
     out = {"gallery": len(gallery), "probes": len(probe_paths)}
 

@@ -112,6 +112,7 @@ def render_markdown(r: dict) -> str:
             L.append("")
         judges = list(dict.fromkeys(v["judge"] for v in r["verification"] if v["source"] == source))
         for j in judges:
+            footnote = False
             L += [f"### judge: {j}", "",
                   "| condition | method | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | TAR@FAR1e-3 % | pairs (gen/imp) | FTE % | gap recovered |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -123,12 +124,20 @@ def render_markdown(r: dict) -> str:
                     acc = f"{_pct(v['accuracy'])} ({_pct(ci[0])}-{_pct(ci[1])})"
                     gap = v.get("gap_recovered")
                     gap_s = "" if v["condition"] != "restored-vs-clean" else ("n/a" if gap is None else f"{100 * gap:+.0f}%")
+                    tars = []
+                    for far in (1e-2, 1e-3):
+                        coarse = v["impostor"] * far < 1  # fewer impostors than 1/FAR: measured at FAR = 0
+                        footnote |= coarse
+                        tars.append(_pct(v[f"tar_at_far_{far:.0e}".replace("e-0", "e-")]) + ("*" if coarse else ""))
                     L.append(f"| {v['condition']} | {v['method']} | {acc} | {v['auc']:.3f} | {_pct(v['eer'])} | "
-                             f"{_pct(v['tar_at_far_1e-2'])} | {_pct(v['tar_at_far_1e-3'])} | "
+                             f"{tars[0]} | {tars[1]} | "
                              f"{v['genuine']}/{v['impostor']} | {_pct(v['fte_rate'])} | {gap_s} |")
                 else:
                     L.append(f"| {v['condition']} | {v['method']} | n/a ({v.get('error')}) | | | | | "
                              f"{v['pairs_scored']} | {_pct(v['fte_rate'])} | |")
+            if footnote:
+                L += ["", "\\* fewer impostor pairs than 1/FAR: no threshold can be resolved at that FAR, the rate is "
+                      "measured at zero false accepts instead (a lower bound)."]
             L.append("")
         rk = [x for x in r["rank1"] if x["source"] == source]
         if rk:

@@ -1,0 +1,111 @@
+"""Evaluate the current state of meer on the evaluation-only identities of ../shared/data.
+
+    python benchmarks/bench_eval.py [--out reports/eval] [--cache cache/eval] [--shared ../shared/data] [-- extra meer-eval args]
+
+Runs ``meer-eval`` twice -- LFW eval-only identities (synthetic masks, fixed seed) and RMFRD eval-only
+identities (real masked photos, plus synthetic masks on their unmasked photos) -- and writes
+``summary.md`` with the headline numbers of both (what ``docs/evaluation.md`` quotes). Each run's full
+report (``report.md``, ROC / histogram PNGs, restoration grids) stays in its own folder. Embeddings and
+landmarks are cached, so a second run only recomputes what changed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from meer.cli.eval import main as meer_eval  # noqa: E402
+from meer.data.splits import shared_data_root  # noqa: E402
+
+RUNS = {
+    "lfw": ("faces/lfw", "splits/lfw_eval_identities.txt"),
+    "rmfrd": ("real_masked_pairs/rmfrd", "splits/rmfrd_eval_identities.txt"),
+}
+
+
+def pct(v, d=1):
+    return "n/a" if v is None else f"{100 * v:.{d}f}"
+
+
+def summarize(name: str, res: dict) -> list[str]:
+    L = [f"## {name}: {res['identities']} identities, {res['images']} images "
+         f"({res['real_masked_images']} real masked), {res['pairs']['total']} pairs", ""]
+    e = res["enrolment"]
+    L.append(f"meer's detector enrolled {e['images_with_face']} of {res['images']} images "
+             f"(detector FTE {pct(e['fte_rate_detector'])}%). Run time {res['seconds']} s.")
+    L.append("")
+    L += ["| masks | judge | condition | method | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | pairs gen/imp | FTE % | gap recovered |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in res["verification"]:
+        if v["condition"].startswith("restored") and v["method"] == "none":
+            continue  # identical to the masked rows
+        if "accuracy" not in v:
+            L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | n/a ({v.get('error')}) "
+                     f"| | | | {v['pairs_scored']} | {pct(v['fte_rate'])} | |")
+            continue
+        lo, hi = v["accuracy_ci95"]
+        gap = v.get("gap_recovered")
+        gap_s = "" if v["condition"] != "restored-vs-clean" else ("n/a" if gap is None else f"{100 * gap:+.0f}%")
+        L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {pct(v['accuracy'])} "
+                 f"({pct(lo)}-{pct(hi)}) | {v['auc']:.3f} | {pct(v['eer'])} | {pct(v['tar_at_far_1e-2'])} | "
+                 f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_s} |")
+    L += ["", "| masks | judge | probes | rank-1 % (95% CI) | probes scored |", "|---|---|---|---|---|"]
+    for x in res["rank1"]:
+        for k, v in x.items():
+            if isinstance(v, dict) and "rank1" in v:
+                L.append(f"| {x['source']} | {x['judge']} | {k} (gallery {x['gallery']}) | {pct(v['rank1'])} "
+                         f"({pct(v['rank1_ci95'][0])}-{pct(v['rank1_ci95'][1])}) | {v['probes_scored']} |")
+    if res["quality"]:
+        L += ["", "| synthetic masks: method | PSNR face dB | SSIM face | PSNR mask dB | SSIM mask | judge cosine restored vs clean |",
+              "|---|---|---|---|---|---|"]
+        for q in res["quality"]:
+            cos = ", ".join(f"{k[7:]} {q[k]:.3f}" for k in q if k.startswith("cosine_"))
+            L.append(f"| {q['method']} | {q['psnr_face']:.2f} | {q['ssim_face']:.3f} | {q['psnr_mask']:.2f} | "
+                     f"{q['ssim_mask']:.3f} | {cos} |")
+    if res["detectability"]:
+        L += ["", "| masks | dlib HOG finds the face again: " + " | ".join(
+            k for k in res["detectability"][0] if k not in ("source", "images")) + " |"]
+        L.append("|---|" + "---|" * (len(res["detectability"][0]) - 2))
+        for d in res["detectability"]:
+            L.append(f"| {d['source']} ({d['images']} faces) | " + " | ".join(
+                f"{pct(v)}%" for k, v in d.items() if k not in ("source", "images")) + " |")
+    for n in res["notes"]:
+        L.append(f"\n- note: {n}")
+    return L + [""]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=REPO / "reports" / "eval")
+    ap.add_argument("--cache", type=Path, default=REPO / "cache" / "eval" / "cache")
+    ap.add_argument("--shared", type=Path, default=None, help="shared data root (default $MEER_SHARED_DATA or ../shared/data)")
+    ap.add_argument("--only", choices=sorted(RUNS), nargs="+", default=sorted(RUNS))
+    ap.add_argument("extra", nargs="*", help="more meer-eval arguments (after --)")
+    args = ap.parse_args()
+    shared = args.shared or shared_data_root()
+    if not (shared / "MANIFEST.md").is_file():
+        print(f"bench_eval: shared data not found at {shared} (set MEER_SHARED_DATA)", file=sys.stderr)
+        return 2
+    lines = ["# meer evaluation summary", "",
+             f"Generated by `python benchmarks/bench_eval.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    for name in args.only:
+        data, ids = RUNS[name]
+        out = args.out / name
+        rc = meer_eval([str(shared / data), "--identities", str(shared / ids), "--out", str(out),
+                        "--cache", str(args.cache), "--overwrite", *args.extra])
+        if rc != 0:
+            return rc
+        res = json.loads((out / "results.json").read_text(encoding="utf-8"))
+        lines += summarize(name, res)
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"bench_eval: wrote {args.out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
