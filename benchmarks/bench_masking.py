@@ -3,6 +3,10 @@
     # masked faces/s of the batched op (MaskAugment) and of the per-image API (apply_mask) on CPU
     python benchmarks/bench_masking.py speed [--sizes 112 224] [--batch 64] [--threads 1 2] [--repeats 3] [--json OUT]
 
+    # coverage rules on real photos (needs ../shared/data): LFW training identities, MTCNN landmarks as
+    # the reference, masks placed from 5 points and from dlib's 68 points
+    python benchmarks/bench_masking.py rules [--photos 120] [--json OUT]
+
     # contact sheet: masked astronaut crops (kinds x coverages x textures), exact GT mask inset
     python benchmarks/bench_masking.py sheet [--out /tmp/meer_mask_sheet.png] [--seed 0] [--size 160]
         [--texture-dir ../shared/data/mask_templates/textures] [--template-dir ../shared/data/mask_templates]
@@ -65,6 +69,56 @@ def speed(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                                "cpus": torch.get_num_threads(), "results": results}, indent=1))
+
+
+def rules(args: argparse.Namespace) -> None:
+    """Share of masks on real photos that keep the coverage rules, checked at MTCNN's 5 points: eye
+    discs (radius 0.1 IOD) never covered; over_nose covers nose tip and mouth corners; below_nose covers
+    the mouth corners and not the nose tip; chin_only does not cover the nose tip."""
+    import os
+
+    from meer.faces.detect import FaceDetector
+    from meer.masking import sample_spec
+    from meer.masking.landmarks68 import Landmarks68, find_predictor
+
+    root = Path(os.environ.get("MEER_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not (root / "faces" / "lfw").is_dir():
+        sys.exit(f"LFW not found under {root} (set MEER_SHARED_DATA)")
+    held_out = set((root / "splits" / "lfw_eval_identities.txt").read_text().split())
+    files = [p for p in sorted((root / "faces" / "lfw").glob("*/*.jpg")) if p.parent.name not in held_out]
+    files = files[3::37][: args.photos]
+    detector = FaceDetector(fallback=None)
+    p68 = Landmarks68() if find_predictor() is not None else None
+    stats: dict[str, dict[str, int]] = {}
+    for i, path in enumerate(files):
+        im = read_image(path).rgb
+        dets = [d for d in detector.detect([im])[0] if d.score >= 0.9]
+        if not dets:
+            continue
+        d = max(dets, key=lambda x: x.area)
+        five = d.landmarks.astype(np.float64)
+        modes = [("5", five)] + ([("68", p68.predict(im, d.box).astype(np.float64))] if p68 else [])
+        yy, xx = np.mgrid[: im.shape[0], : im.shape[1]]
+        r2 = (0.1 * np.linalg.norm(five[1] - five[0])) ** 2
+        for mode, lm in modes:
+            for cov in COVERAGES:
+                m = apply_mask(im, lm, sample_spec(i * 7 + COVERAGES.index(cov), coverages=[cov])).mask
+
+                def covered(p: np.ndarray) -> bool:
+                    x, y = int(round(p[0])), int(round(p[1]))
+                    return 0 <= y < m.shape[0] and 0 <= x < m.shape[1] and bool(m[y, x])
+
+                eyes = all(not m[(xx - e[0]) ** 2 + (yy - e[1]) ** 2 <= r2].any() for e in five[:2])
+                nose, mouth = covered(five[2]), covered(five[3]) and covered(five[4])
+                ok = {"over_nose": nose and mouth, "below_nose": mouth and not nose, "chin_only": not nose}[cov]
+                s = stats.setdefault(f"{mode} points / {cov}", {"masks": 0, "eyes_clear": 0, "rule_kept": 0})
+                s["masks"] += 1
+                s["eyes_clear"] += int(eyes)
+                s["rule_kept"] += int(ok)
+    for key, s in stats.items():
+        print(f"{key:28s} {s['masks']:4d} masks  eyes clear {s['eyes_clear']:4d}  rule kept {s['rule_kept']:4d}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(stats, indent=1))
 
 
 def _aligned_astronaut(size: int) -> np.ndarray:
@@ -138,6 +192,9 @@ def main() -> None:
     sp.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     sp.add_argument("--repeats", type=int, default=3)
     sp.add_argument("--json", default=None)
+    ru = sub.add_parser("rules")
+    ru.add_argument("--photos", type=int, default=120)
+    ru.add_argument("--json", default=None)
     sh = sub.add_parser("sheet")
     sh.add_argument("--out", default="/tmp/meer_mask_sheet.png")
     sh.add_argument("--seed", type=int, default=0)
@@ -145,7 +202,7 @@ def main() -> None:
     sh.add_argument("--texture-dir", default=None)
     sh.add_argument("--template-dir", default=None)
     args = ap.parse_args()
-    speed(args) if args.cmd == "speed" else sheet(args)
+    {"speed": speed, "rules": rules, "sheet": sheet}[args.cmd](args)
 
 
 if __name__ == "__main__":
