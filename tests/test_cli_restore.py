@@ -182,6 +182,8 @@ def test_exit_codes_and_refusals(inputs, tmp_path, checkpoint, monkeypatch, caps
     # usage errors
     code, _, err = run([inputs, tmp_path / "o1", "--batch-size", "0"], capsys)
     assert code == 2 and "--batch-size must be >= 1" in err
+    code, _, err = run([inputs, tmp_path / "o1", "--detect-size", "-5"], capsys)
+    assert code == 2 and "--detect-size must be >= 0" in err
     code, _, err = run([inputs, tmp_path / "o1", "--all-faces", "--largest-face"], capsys)
     assert code == 2 and "not allowed with argument" in err
     code, _, err = run([tmp_path / "missing", tmp_path / "o1"], capsys)

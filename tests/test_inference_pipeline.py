@@ -185,6 +185,19 @@ def test_batches_match_single_photos_and_faces_are_selected(photo, detector, no_
     assert none.faces == [] and none.note == "2 face(s) found, all smaller than 400 px (see --min-face)"
 
 
+def test_large_photos_are_detected_shrunk_and_restored_at_full_resolution(photo, detector):
+    model = steer(tiny_meer(), lower_face())
+    full = Restorer(model, detector, detect_size=None).restore_image(photo)
+    shrunk = Restorer(model, detector, detect_size=128).restore_image(photo)  # detection on a 128 px copy
+    a, b = full.faces[0], shrunk.faces[0]
+    assert np.abs(a.box - b.box).max() < 6  # boxes come back in full-resolution pixels
+    assert np.abs(a.landmarks - b.landmarks).max() < 4
+    assert b.crop.shape == (112, 112, 3) and shrunk.rgb.shape == photo.rgb.shape
+    assert not np.any(changed_pixels(photo.rgb, shrunk.rgb) & ~warped_support(b, photo.rgb.shape))
+    with pytest.raises(MeerError, match="--detect-size"):
+        Restorer(model, detector, detect_size=-1)
+
+
 def test_aligned_crops_skip_detection(photo):
     crop = np.array(Image.fromarray(photo.rgb[40:200, 48:208]).resize((112, 112)))
     restorer = Restorer(steer(tiny_meer(), lower_face()), None, aligned=True)

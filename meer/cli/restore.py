@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "occluded (default 0.05)")
     p.add_argument("--min-face", type=int, default=20, metavar="PX",
                    help="ignore faces smaller than this many pixels (default 20)")
+    p.add_argument("--detect-size", type=int, default=1280, metavar="PX",
+                   help="shrink larger photos to this longer side for face detection only; faces are restored "
+                        "from the full-resolution photo (default 1280; 0 = detect at full resolution)")
     p.add_argument("--no-dlib-fallback", dest="dlib_fallback", action="store_false",
                    help="do not retry photos where MTCNN finds no face with dlib's CNN detector (faster on "
                         "folders with many face-less photos, misses more masked faces)")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         raise MeerError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0.0 <= args.min_occlusion <= 1.0:
         raise MeerError(f"--min-occlusion must be a fraction in [0, 1], got {args.min_occlusion}")
+    if args.detect_size < 0:
+        raise MeerError(f"--detect-size must be >= 0 (0: full resolution), got {args.detect_size}")
     if args.min_face < 12:
         raise MeerError(f"--min-face must be >= 12 pixels, got {args.min_face}")
 
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     restorer, info = load_restorer(args.checkpoint, device=args.device, precision=args.precision,
                                    batch_size=args.batch_size, faces=args.faces, aligned=args.aligned,
                                    min_occlusion=args.min_occlusion, min_face=args.min_face,
+                                   detect_size=args.detect_size,
                                    detector_fallback=args.dlib_fallback)
     load_s = time.perf_counter() - t0
     if not args.quiet:

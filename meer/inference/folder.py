@@ -148,7 +148,8 @@ def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Res
                     "seconds": round(seconds, 3), "timings": {k: round(v, 4) for k, v in timings.items()},
                     "options": {"batch_size": restorer.batch_size, "faces": restorer.faces,
                                 "aligned": restorer.aligned, "min_occlusion": restorer.min_occlusion,
-                                "min_face": restorer.min_face, "dilate": restorer.dilate,
+                                "min_face": restorer.min_face, "detect_size": restorer.detect_size,
+                                "dilate": restorer.dilate,
                                 "feather": restorer.feather}})
         write_summary(out, records, run)
     return FolderRun(output=out, records=records, seconds=seconds, timings=timings)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -106,6 +107,8 @@ class Restorer:
         aligned: inputs are already aligned ArcFace crops (resized to 112 x 112 if needed); no detection.
         min_occlusion: faces with a smaller predicted occluded fraction are passed through unchanged.
         min_face: faces whose box is smaller than this many pixels (shorter side) are ignored.
+        detect_size: photos whose longer side exceeds this are shrunk to it for detection only (MTCNN's
+            cost grows with the pixel count); faces are still aligned from the full photo. ``None``/0: never.
         dilate, feather: growth and softness of the paste region around the pixels the model replaced, in
             crop pixels (see ``meer.inference.region``).
     """
@@ -113,7 +116,7 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, detector=None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, *, batch_size: int = 8,
                  faces: Literal["all", "largest"] = "all", aligned: bool = False, min_occlusion: float = 0.05,
-                 min_face: int = 20, dilate: int = 2, feather: float = 2.0):
+                 min_face: int = 20, detect_size: int | None = 1280, dilate: int = 2, feather: float = 2.0):
         if batch_size < 1:
             raise MeerError(f"--batch-size must be >= 1, got {batch_size}")
         if faces not in ("all", "largest"):
@@ -131,6 +134,9 @@ class Restorer:
         self.aligned = aligned
         self.min_occlusion = float(min_occlusion)
         self.min_face = int(min_face)
+        if detect_size is not None and detect_size < 0:
+            raise MeerError(f"--detect-size must be >= 0 (0: full resolution), got {detect_size}")
+        self.detect_size = int(detect_size) if detect_size else None
         self.dilate = int(dilate)
         self.feather = float(feather)
         cfg = getattr(model, "cfg", None)
@@ -155,8 +161,9 @@ class Restorer:
             found = [[self._whole_image_face(im)] for im in images]
             notes = ["" for _ in images]
         else:
-            dets = self.detector.detect([im.rgb for im in images])
-            found, notes = zip(*(self._select(d) for d in dets)) if dets else ((), ())
+            small, scales = zip(*(self._detection_input(im.rgb) for im in images))
+            dets = self.detector.detect(list(small))
+            found, notes = zip(*(self._select(d, s) for d, s in zip(dets, scales))) if dets else ((), ())
             found, notes = list(found), list(notes)
         share = (time.perf_counter() - t0) / len(images)
         for t in timings:
@@ -188,17 +195,28 @@ class Restorer:
         return [self._compose(im, faces, note, t) for im, faces, note, t in zip(images, per_photo, notes, timings)]
 
     # ------------------------------------------------------------------ steps
-    def _select(self, dets) -> tuple[list[dict], str]:
+    def _detection_input(self, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+        """The photo shrunk so that its longer side is at most ``detect_size`` (faces are found on it,
+        then aligned from the full-resolution photo), and the factor applied."""
+        h, w = rgb.shape[:2]
+        if not self.detect_size or max(h, w) <= self.detect_size:
+            return rgb, 1.0
+        s = self.detect_size / max(h, w)
+        size = (max(2, round(w * s)), max(2, round(h * s)))
+        return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), s
+
+    def _select(self, dets, scale: float = 1.0) -> tuple[list[dict], str]:
         if not dets:
             return [], "no face found"
-        usable = [d for d in dets if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) >= self.min_face]
+        faces = [{"box": np.asarray(d.box, np.float32) / scale, "score": float(d.score),
+                  "landmarks": np.asarray(d.landmarks, np.float32) / scale} for d in dets]
+        usable = [f for f in faces if min(f["box"][2] - f["box"][0], f["box"][3] - f["box"][1]) >= self.min_face]
         if not usable:
             return [], f"{len(dets)} face(s) found, all smaller than {self.min_face} px (see --min-face)"
-        usable.sort(key=lambda d: -d.area)
+        usable.sort(key=lambda f: -float((f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])))
         if self.faces == "largest":
             usable = usable[:1]
-        return [{"box": np.asarray(d.box, np.float32), "score": float(d.score),
-                 "landmarks": np.asarray(d.landmarks, np.float32)} for d in usable], ""
+        return usable, ""
 
     def _whole_image_face(self, im: LoadedImage) -> dict:
         w, h = im.size
