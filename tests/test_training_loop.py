@@ -143,7 +143,7 @@ def test_run_directory_holds_everything(dataset, tmp_path):
 def test_resume_is_bit_identical(dataset, tmp_path):
     full = train(tiny(dataset, tmp_path / "a"))
     part = train(tiny(dataset, tmp_path / "b", "stop_at_step=3"))
-    assert part.step == 3 and part.export is None
+    assert part.step == 3 and part.export is not None  # an early stop exports its EMA weights too
     assert sorted(p.name for p in (part.run_dir / "checkpoints").iterdir()) == ["best.pt", "ckpt-00000003.pt"]
     cfg = load_config(TrainConfig, part.run_dir / "config.yaml", ["stop_at_step=null"])
     resumed = train(cfg, resume=part.run_dir)
@@ -293,13 +293,13 @@ def test_ablation_switches_remove_parts(dataset, tmp_path):
 
 
 def test_tiny_overfit_total_and_masked_l1_fall(dataset, tmp_path):
-    cfg, task, batch = _task_and_batch(dataset, tmp_path, "optim.lr_g=3e-3", "optim.lr_r=3e-3",
-                                       "optim.schedule=constant", "optim.warmup_steps=0", "total_steps=30")
-    hist = [task.train_step(batch, step=s, nimg=4 * s) for s in range(1, 31)]
+    cfg, task, batch = _task_and_batch(dataset, tmp_path, "optim.lr_g=1e-2", "optim.lr_r=3e-3",
+                                       "optim.schedule=constant", "optim.warmup_steps=0", "total_steps=20")
+    hist = [task.train_step(batch, step=s, nimg=4 * s) for s in range(1, 21)]
     first = lambda k: np.mean([h[k] for h in hist[:3]])
     last = lambda k: np.mean([h[k] for h in hist[-3:]])
-    assert last("loss/total") < 0.6 * first("loss/total")
-    assert last("loss/l1_masked") < 0.7 * first("loss/l1_masked")
+    assert last("loss/total") < 0.2 * first("loss/total")  # ~22 -> ~1.2: margin losses on 4 faces
+    assert last("loss/l1_masked") < 0.7 * first("loss/l1_masked")  # ~0.18 -> ~0.09
     assert last("loss/occ") < first("loss/occ")
 
 
@@ -315,7 +315,7 @@ def test_config_files_load():
         cfg = load_config(TrainConfig, REPO / "configs" / name)
         assert cfg.task == "meer"
     cpu = load_config(TrainConfig, REPO / "configs" / "meer_112_cpu.yaml")
-    assert cpu.amp == "bf16" and any("cache/aligned" in r for r in cpu.data.roots)
+    assert cpu.amp in ("none", "bf16") and any("cache/aligned" in r for r in cpu.data.roots)
     assert all(f.startswith("../shared/data/splits/") for f in cpu.data.eval_identities)
     with pytest.raises(ConfigError, match="stop_at_step"):
         load_config(TrainConfig, TINY, ["stop_at_step=100"])

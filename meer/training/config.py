@@ -134,6 +134,9 @@ class TrainConfig:
     # stop (after saving a checkpoint) at this step although total_steps is larger: splits one
     # schedule into pieces that fit a cluster's time limit; continue with --resume
     stop_at_step: Optional[int] = None
+    # stop (after a checkpoint and a validation) once this many minutes of training have passed;
+    # the schedule still follows total_steps, so --resume continues it exactly
+    time_limit_min: Optional[float] = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"  # fp16 needs CUDA (GradScaler); bf16 works on CPU too
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default

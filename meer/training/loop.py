@@ -162,7 +162,9 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
     bar = tqdm(total=end_step, initial=start_step, desc="meer-train", unit="step", dynamic_ncols=True,
                disable=not (info.is_main and cfg.log.progress), file=sys.stderr)
     window_t, window_img = time.perf_counter(), 0
+    t_start = time.perf_counter()
     global_batch = cfg.data.batch_size
+    final_step = start_step
     for step in range(start_step + 1, end_step + 1):
         raw = stream.next()
         clean, masked, mask, kind = augment(raw["clean"].to(device, non_blocking=True), masking, aug_gen,
@@ -181,8 +183,12 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
                      f"(GradScaler scale now {stats.get('amp_scale')})")
         window_img += global_batch
         bar.update(1)
+        final_step = step
+        in_time = cfg.time_limit_min is None or (time.perf_counter() - t_start) / 60.0 < cfg.time_limit_min
+        out_of_time = not dd.all_true(in_time, info)  # every rank stops at the same step
+        is_last = step == end_step or out_of_time
 
-        if cfg.log.every and (step % cfg.log.every == 0 or step == end_step):
+        if cfg.log.every and (step % cfg.log.every == 0 or is_last):
             now = time.perf_counter()
             stats = dd.mean_scalars(stats, info)
             stats["throughput_img_s"] = window_img / max(now - window_t, 1e-9)
@@ -193,10 +199,9 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
                 f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in stats.items() if k.startswith("loss/")) +
                 f" img/s={stats['throughput_img_s']:.1f}", console=False)
             bar.set_postfix(loss=f"{stats.get('loss/total', float('nan')):.3f}")
-        if info.is_main and cfg.log.grid_every and (step % cfg.log.grid_every == 0 or step == end_step) \
+        if info.is_main and cfg.log.grid_every and (step % cfg.log.grid_every == 0 or is_last) \
                 and hasattr(task.eval_model(), "restore"):
             save_grid(log, task, batch, step, cfg.log.grid_images)
-        is_last = step == end_step
         if val_set is not None and ((cfg.val.every and step % cfg.val.every == 0) or is_last):
             if hasattr(task, "validate"):  # baseline tasks score themselves
                 last_val = task.validate(val_set, cfg.val.batch_size, device)
@@ -212,17 +217,20 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
             if info.is_main:
                 last_ckpt = keeper.save(full_state(step), step)
             dd.barrier(info)
+        if out_of_time:
+            log.info(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+            break
     bar.close()
 
     export = None
-    final_step = max(start_step, end_step)
-    if info.is_main and final_step >= cfg.total_steps and cfg.task == "meer":
+    if info.is_main and cfg.task == "meer" and final_step > start_step:
+        # the EMA weights for meer-restore; a run stopped early exports too (meta says the step)
         export = run_path / EXPORT_NAME
         save_inference_checkpoint(task.eval_model(), export, meta={
             "step": final_step, "run": str(run_path), "task": cfg.task, "val": last_val,
             "ema": cfg.ema.enabled, "train_config": to_dict(cfg)})
         log.info(f"exported inference checkpoint {export} (use it with meer-restore --checkpoint)")
-    elif info.is_main and final_step < cfg.total_steps:
+    if info.is_main and final_step < cfg.total_steps:
         log.info(f"stopped at step {final_step} of {cfg.total_steps}; continue with: meer-train --resume {run_path}")
     log.close()
     return TrainResult(run_dir=run_path, step=final_step, last_checkpoint=last_ckpt, export=export, val=last_val,

@@ -280,4 +280,7 @@ class MEERTask:
 
 
 def build(cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo) -> MEERTask:
-    return MEERTask(cfg, num_classes, num_mask_kinds, dist)
+    try:
+        return MEERTask(cfg, num_classes, num_mask_kinds, dist)
+    except ValueError as exc:  # the model/loss constructors check their sizes with ValueError
+        raise ConfigError(f"config does not build a model: {exc}") from None
