@@ -8,7 +8,8 @@ Each precision runs in its own subprocess, so the peak resident memory (``ru_max
 not hide the other's; on CUDA ``torch.cuda.max_memory_allocated`` is reported too. A step is the
 full ``meer-train`` step (recognizer + G phases, D phase with lazy R1 on its interval, EMA update),
 on a fixed batch of the config's size drawn from the synthetic masking op (no disk I/O measured).
-Throughput is global-batch images per second over the timed steps, after ``--warmup`` steps.
+Throughput is global-batch images per second over the timed steps, after ``--warmup`` steps; CPU
+seconds per step (process time, all threads) are reported too, being steadier on a shared machine.
 """
 from __future__ import annotations
 
@@ -57,15 +58,18 @@ def run_one(config: str, amp: str, device: str, batch: int, steps: int, warmup: 
         task.train_step(batch_, step=i + 1, nimg=(i + 1) * b)
     if dev.type == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(steps):
         task.train_step(batch_, step=warmup + i + 1, nimg=(warmup + i + 1) * b)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t0
+    cpu = time.process_time() - c0
     out = {
         "config": config, "amp": amp, "device": device, "batch": b, "steps": steps, "threads": torch.get_num_threads(),
         "img_per_s": steps * b / dt, "s_per_step": dt / steps,
+        # CPU seconds per step (all threads): on a shared machine this is steadier than wall time
+        "cpu_s_per_step": cpu / steps, "img_per_cpu_s": steps * b / cpu,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "params_m": {k: round(v / 1e6, 3) for k, v in task.param_counts().items()},
     }
@@ -105,8 +109,9 @@ def main() -> int:
         results.append(res)
         name = {"none": "fp32", "bf16": "bf16 autocast", "fp16": "fp16 AMP"}[amp]
         extra = f", peak CUDA {res['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in res else ""
-        print(f"{name:14s} {res['img_per_s']:7.1f} img/s  ({res['s_per_step']:.2f} s/step, batch {res['batch']}, "
-              f"{res['threads']} threads)  peak RSS {res['peak_rss_mib']:.0f} MiB{extra}")
+        print(f"{name:14s} {res['img_per_s']:7.1f} img/s  ({res['s_per_step']:.2f} s/step wall, "
+              f"{res['cpu_s_per_step']:.2f} CPU-s/step, batch {res['batch']}, {res['threads']} threads)  "
+              f"peak RSS {res['peak_rss_mib']:.0f} MiB{extra}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -319,3 +319,16 @@ def test_config_files_load():
     assert all(f.startswith("../shared/data/splits/") for f in cpu.data.eval_identities)
     with pytest.raises(ConfigError, match="stop_at_step"):
         load_config(TrainConfig, TINY, ["stop_at_step=100"])
+
+
+def test_time_limit_stops_with_checkpoint_and_cli_resume_continues(dataset, tmp_path, capsys):
+    first = train(tiny(dataset, tmp_path, "time_limit_min=0", "data.val_identities=0"))
+    assert first.step == 1 and first.export is not None
+    assert [p.name for p in (first.run_dir / "checkpoints").iterdir()] == ["ckpt-00000001.pt"]
+    assert "continue with: meer-train --resume" in (first.run_dir / "log.txt").read_text()
+    code = train_main(["--resume", str(first.run_dir), "time_limit_min=null", "total_steps=2"])
+    assert code == 0
+    assert load_state(first.run_dir / "checkpoints" / "ckpt-00000002.pt")["step"] == 2
+    assert "resumed from" in (first.run_dir / "log.txt").read_text()
+    code = train_main(["--resume", str(tmp_path / "nothing-here")])
+    assert code == 2 and "no such run directory" in capsys.readouterr().err

@@ -253,7 +253,7 @@ def describe(cfg: TrainConfig, splits, counts: dict[str, int], run_dir: Path, sa
         f"task {cfg.task}, {cfg.total_steps} steps of global batch {cfg.data.batch_size} "
         f"({sampler.batches_per_epoch} steps/epoch), amp={cfg.amp}, device={cfg.device}",
         f"train: {len(splits.train)} images of {splits.train.num_classes} identities; "
-        f"validation: {len(splits.val) if splits.val is not None else 0} images of {len(splits.val_names)} held-out identities; "
+        f"validation: {len(splits.val_names)} held-out identities (up to {cfg.data.val_images_per_identity} images each); "
         f"{len(splits.eval_only)} evaluation-only identities excluded",
         "parameters: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items()) +
         f" (total {sum(counts.values()) / 1e6:.3f}M)",
