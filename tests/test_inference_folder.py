@@ -66,8 +66,10 @@ def test_a_failing_photo_is_an_error_row_and_the_run_goes_on(crops, tmp_path, mo
 def test_output_checks(crops, tmp_path):
     with pytest.raises(MeerError, match="inside the input folder"):
         check_output(crops, crops / "sub")
-    with pytest.raises(MeerError, match="inside the input folder"):
-        check_output(crops / "face.png", crops / "x")  # a single file: its folder is the input
+    # a single photo may have its results next to it, but not replace it
+    assert check_output(crops / "face.png", crops / "x") == (crops / "x").resolve()
+    with pytest.raises(MeerError, match="not the input photo itself"):
+        check_output(crops / "face.png", crops / "face.png")
     out = tmp_path / "out"
     (out / "masks").mkdir(parents=True)
     (out / "summary.csv").write_text("")
@@ -80,9 +82,9 @@ def test_output_checks(crops, tmp_path):
 
 
 def test_single_file_input_and_unique_crop_names(crops, tmp_path):
-    run = restore_folder(crops / "face.png", tmp_path / "out", restorer(), progress=False)
+    run = restore_folder(crops / "face.png", crops / "out", restorer(), progress=False)
     assert [r.path for r in run.records] == ["face.png"] and run.records[0].output == "restored_imgs/face.png"
-    assert (tmp_path / "out" / "cmp" / "face_00.png").is_file()
+    assert (crops / "out" / "cmp" / "face_00.png").is_file()
     keys = face_keys([Path("a/x.jpg"), Path("a/x.png"), Path("b/x.jpg"), Path("a/y.JPG")])
     assert keys == {Path("a/x.jpg"): "x_jpg", Path("a/x.png"): "x_png", Path("b/x.jpg"): "x", Path("a/y.JPG"): "y"}
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Weights are looked for in: --checkpoint, $MEER_CHECKPOINT, <repo>/checkpoints/meer_112.pt, "
                "~/.cache/meer/meer_112.pt. Nothing is downloaded.")
     p.add_argument("input", metavar="INPUT", help="a photo or a folder of photos (walked recursively)")
-    p.add_argument("output", metavar="OUTPUT", help="results folder (must not lie inside INPUT)")
+    p.add_argument("output", metavar="OUTPUT", help="results folder (must not lie inside an INPUT folder)")
     p.add_argument("--checkpoint", metavar="PATH", help="MEER checkpoint (.pt) to use")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],

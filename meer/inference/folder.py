@@ -60,8 +60,14 @@ class FolderRun:
 
 
 def check_output(input_path: str | Path, output_dir: str | Path, overwrite: bool = False) -> Path:
-    """Refuse an OUTPUT inside INPUT, and one that already holds results unless ``overwrite``."""
-    out = check_output_dir(input_path, output_dir)
+    """Refuse an OUTPUT inside an INPUT folder, and one that already holds results unless ``overwrite``.
+    A single INPUT photo may have its OUTPUT next to it (``meer-restore me.jpg restored/``)."""
+    if Path(input_path).is_file():
+        out = Path(output_dir).resolve()
+        if out == Path(input_path).resolve():
+            raise MeerError(f"OUTPUT must be a folder, not the input photo itself: {output_dir}")
+    else:
+        out = check_output_dir(input_path, output_dir)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{output_dir} exists and is not a folder")
     existing = [name for name in SUBDIRS + SUMMARY_FILES if (out / name).exists()]
