@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -58,6 +59,7 @@ def inputs(tmp_path, astronaut_path, no_face_path) -> Path:
     Image.fromarray(face).save(root / "people" / "masked.jpg", quality=92)
     alpha = np.full(face.shape[:2], 200, np.uint8)
     Image.fromarray(np.dstack([face, alpha]), "RGBA").save(root / "people" / "sub" / "rgba.png")
+    cv2.imwrite(str(root / "people" / "sub" / "deep.png"), (face[..., ::-1].astype(np.uint16) * 257 + 3))
     Image.open(no_face_path).resize((150, 100)).save(root / "cat.jpg")
     (root / "broken.jpg").write_bytes((root / "people" / "masked.jpg").read_bytes()[:300])
     (root / "notes.txt").write_text("not a photo\n")
@@ -94,14 +96,15 @@ def test_folder_end_to_end(inputs, tmp_path, checkpoint, lower_face_model, capsy
     rows, doc = read_summary(out)
     status = {r["path"]: r["status"] for r in rows}
     assert status == {"broken.jpg": "unreadable", "cat.jpg": "no_face", "notes.txt": "unreadable",
-                      "people/masked.jpg": "ok", "people/masked.png": "ok", "people/sub/rgba.png": "ok",
+                      "people/masked.jpg": "ok", "people/masked.png": "ok", "people/sub/deep.png": "ok",
+                      "people/sub/rgba.png": "ok",
                       "tiny.png": "too_small"}
     reasons = {r["path"]: r["reason"] for r in rows}
     assert "truncated" in reasons["broken.jpg"] or "unreadable" in reasons["broken.jpg"]
     assert reasons["notes.txt"] == "not an image file (extension .txt)"
     assert reasons["cat.jpg"] == "no face found" and "8x8" in reasons["tiny.png"]
     faces = [r for r in rows if r["status"] == "ok"]
-    assert len(faces) == 3 and all(r["face"] == "0" and r["face_status"] == "restored" for r in faces)
+    assert len(faces) == 4 and all(r["face"] == "0" and r["face_status"] == "restored" for r in faces)
     for r in faces:
         assert float(r["occlusion"]) == pytest.approx(38 * 56 / 112 ** 2, abs=1e-3)
         assert -1 <= float(r["id_cosine"]) <= 1 and float(r["score"]) > 0.9
@@ -112,20 +115,25 @@ def test_folder_end_to_end(inputs, tmp_path, checkpoint, lower_face_model, capsy
     run_info = doc["run"]
     assert run_info["checkpoint"] == str(checkpoint) and run_info["device"] == "cpu" and run_info["complete"] is True
     assert run_info["precision"] == "fp32" and run_info["checkpoint_meta"] == {"note": "random tiny test model"}
-    assert run_info["totals"]["photos"] == 7 and run_info["totals"]["faces_restored"] == 3
+    assert run_info["totals"]["photos"] == 8 and run_info["totals"]["faces_restored"] == 4
     assert {"torch", "kornia", "meer"} <= set(run_info["versions"])
     assert [p["path"] for p in doc["photos"]] == sorted(status)
-    assert "7 photos (3 ok, 4 skipped), 3 faces (3 restored, 0 passed through)" in stdout
+    assert "8 photos (4 ok, 4 skipped), 4 faces (4 restored, 0 passed through)" in stdout
     assert "photos/s" in stdout and "faces/s" in stdout
     assert "4 input(s) skipped" in stderr and "notes.txt: unreadable" in stderr
 
     # the layout, names and formats
     rest = out / "restored_imgs"
     assert sorted(str(p.relative_to(rest)) for p in rest.rglob("*") if p.is_file()) == \
-        ["people/masked.jpg", "people/masked.png", "people/sub/rgba.png"]
+        ["people/masked.jpg", "people/masked.png", "people/sub/deep.png", "people/sub/rgba.png"]
     assert Image.open(rest / "people" / "masked.jpg").format == "JPEG"
     rgba = Image.open(rest / "people" / "sub" / "rgba.png")
     assert rgba.mode == "RGBA" and np.all(np.asarray(rgba)[..., 3] == 200)
+    deep_in = cv2.imread(str(inputs / "people" / "sub" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    deep_out = cv2.imread(str(rest / "people" / "sub" / "deep.png"), cv2.IMREAD_UNCHANGED)
+    assert deep_out.dtype == np.uint16 and deep_out.shape == deep_in.shape
+    deep_diff = (deep_in != deep_out).any(-1)
+    assert deep_diff.sum() > 300 and not deep_diff[:40].any()
     src = np.asarray(Image.open(inputs / "people" / "masked.png"))
     res = np.asarray(Image.open(rest / "people" / "masked.png"))
     diff = (src != res).any(-1)
@@ -133,7 +141,8 @@ def test_folder_end_to_end(inputs, tmp_path, checkpoint, lower_face_model, capsy
     for sub, shape in (("cropped_faces", (112, 112, 3)), ("restored_faces", (112, 112, 3)), ("masks", (112, 112)),
                        ("cmp", (112, 340, 3))):
         names = sorted(str(p.relative_to(out / sub)) for p in (out / sub).rglob("*.png"))
-        assert names == ["people/masked_jpg_00.png", "people/masked_png_00.png", "people/sub/rgba_00.png"], sub
+        assert names == ["people/masked_jpg_00.png", "people/masked_png_00.png", "people/sub/deep_00.png",
+                         "people/sub/rgba_00.png"], sub
         assert np.asarray(Image.open(out / sub / names[0])).shape == shape
     mask = np.asarray(Image.open(out / "masks" / "people" / "masked_png_00.png"))
     assert mask[80, 56] == 255 and mask[20, 56] == 0
@@ -147,9 +156,9 @@ def test_folder_end_to_end(inputs, tmp_path, checkpoint, lower_face_model, capsy
     assert (rest / "people" / "masked.jpg").read_bytes() == (inputs / "people" / "masked.jpg").read_bytes()
     assert (rest / "people" / "masked.png").read_bytes() == (inputs / "people" / "masked.png").read_bytes()
     rows, _ = read_summary(out)
-    assert [r["face_status"] for r in rows if r["status"] == "ok"] == ["passthrough"] * 3
+    assert [r["face_status"] for r in rows if r["status"] == "ok"] == ["passthrough"] * 4
     assert all(r["id_cosine"] == "" for r in rows if r["status"] == "ok")
-    assert "3 faces (0 restored, 3 passed through)" in stdout
+    assert "4 faces (0 restored, 4 passed through)" in stdout
     assert digest(inputs) == before
 
 
