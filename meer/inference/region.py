@@ -1,9 +1,10 @@
 """The part of an aligned face that is pasted back into the photo.
 
-Only what the model restored should change in the photo, so the paste region is the predicted
-occlusion map, binarised, grown by ``dilate`` pixels (masks' edges are soft and the model's map is a
-little conservative), and feathered over ``feather`` pixels so that the seam is invisible. Values
-below ``1/512`` are set to exactly 0, which keeps every photo pixel outside the region bit-identical
+Only what the model restored should change in the photo, so the paste region starts from the pixels
+the model replaced (MEER's ``composite_mask``: its predicted occlusion map binarised and dilated; any
+soft map is binarised at ``threshold``), is grown by ``dilate`` more pixels and feathered over
+``feather`` pixels outwards, so that it is exactly 1 on every replaced pixel and the seam falls
+where the crop still shows the photo's own pixels. Values below ``1/512`` are set to exactly 0, which keeps every photo pixel outside the region bit-identical
 after blending; the crop's outer ``border`` pixels are faded out so that the warped region never has a
 hard edge where the crop ends.
 """
@@ -18,7 +19,7 @@ from kornia.morphology import dilation
 EPS = 1.0 / 512.0
 
 
-def paste_region(occ_map: torch.Tensor, threshold: float = 0.5, dilate: int = 3, feather: float = 3.0,
+def paste_region(occ_map: torch.Tensor, threshold: float = 0.5, dilate: int = 2, feather: float = 2.0,
                  border: int = 4) -> torch.Tensor:
     """``B x 1 x H x W`` occlusion probabilities -> ``B x 1 x H x W`` blending weights in [0, 1].
 
