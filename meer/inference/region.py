@@ -4,9 +4,9 @@ Only what the model restored should change in the photo, so the paste region sta
 the model replaced (MEER's ``composite_mask``: its predicted occlusion map binarised and dilated; any
 soft map is binarised at ``threshold``), is grown by ``dilate`` more pixels and feathered over
 ``feather`` pixels outwards, so that it is exactly 1 on every replaced pixel and the seam falls
-where the crop still shows the photo's own pixels. Values below ``1/512`` are set to exactly 0, which keeps every photo pixel outside the region bit-identical
-after blending; the crop's outer ``border`` pixels are faded out so that the warped region never has a
-hard edge where the crop ends.
+where the crop still shows the photo's own pixels. Values below ``1/512`` are set to exactly 0,
+which keeps every photo pixel outside the region bit-identical after blending; the crop's outer
+``border`` pixels are faded out so that the warped region never has a hard edge where the crop ends.
 """
 from __future__ import annotations
 
