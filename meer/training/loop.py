@@ -14,9 +14,7 @@ next step depends on, so a run resumed at step k ends bit-identical (on CPU) to 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import random
 import sys
 import time

@@ -24,7 +24,6 @@ Every function returns a dict of named loss terms (already weighted) so each can
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Callable
 
 import torch
