@@ -44,15 +44,17 @@ PASSES = {
     "low+pad0.2": (THRESH_LOW, 0.2, 20),
     "low+pad0.2+min12": (THRESH_LOW, 0.2, 12),
     "low+pad0.5": (THRESH_LOW, 0.5, 20),
+    "vlow+pad1.0": ((0.3, 0.4, 0.5), 1.0, 20),
 }
-CASCADE = ["low", "low+pad0.2", "low+pad0.2+min12", "low+pad0.5"]
+CASCADE = ["low", "low+pad0.2", "low+pad0.2+min12", "low+pad0.5", "vlow+pad1.0"]  # = DEFAULT_PASSES
 ROWS = [  # (label, passes, dlib fallback on what is still missed)
     ("MTCNN, facenet-pytorch thresholds (0.6, 0.7, 0.7)", ["default"], False),
     ("MTCNN, thresholds (0.5, 0.6, 0.6)", ["low"], False),
     ("+ retry with a 20% border", CASCADE[:2], False),
     ("+ retry with border and min face 12 px (upsampled)", CASCADE[:3], False),
     ("+ retry with a 50% border", CASCADE[:4], False),
-    ("+ dlib CNN fallback, ONet landmarks", CASCADE[:4], True),
+    ("+ retry: thresholds (0.3, 0.4, 0.5), 100% border", CASCADE[:5], False),
+    ("+ dlib CNN fallback, ONet landmarks (meer default)", CASCADE[:5], True),
 ]
 
 
@@ -90,6 +92,16 @@ def detection(args: argparse.Namespace) -> None:
         for set_name, files in sets.items():
             for f in tqdm(files, desc=set_name, unit="img"):
                 if str(f) in done and not args.sheet:
+                    rec = done[str(f)]
+                    if not any(rec["n"].get(p) for p in CASCADE) and any(p not in rec["n"] for p in CASCADE):
+                        rgb = read_image(f).rgb  # a pass added since this record was written
+                        for name in CASCADE:
+                            if name not in rec["n"] and not any(rec["n"].get(p) for p in CASCADE):
+                                rec["n"][name] = len(dets[name].detect_one(rgb))
+                        if not any(rec["n"].get(p) for p in CASCADE) and "dlib" not in rec["n"] and fb is not None:
+                            rec["n"]["dlib"] = len(fb.detect(rgb))
+                        fh.write(json.dumps(rec) + "\n")
+                        fh.flush()
                     continue
                 try:
                     rgb = read_image(f).rgb
@@ -192,12 +204,18 @@ def speed(args: argparse.Namespace) -> None:
         cmd = [sys.executable, "-m", "meer.cli.align", str(src), str(out), "--device", args.device,
                "--batch-size", str(args.batch_size)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        import resource
+
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         crops = sum(1 for _ in out.rglob("*.jpg")) if out.is_dir() else 0
-        print(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "")
-        print(f"{crops} aligned faces in {wall:.1f} s wall (including start-up) = {crops / wall:.2f} faces/s "
+        print(proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:])
+        print(f"{crops} aligned faces in {wall:.1f} s wall including start-up = {crops / wall:.2f} faces/s; "
+              f"{cpu:.1f} CPU-s = {crops / max(cpu, 1e-9):.2f} faces per CPU-second "
               f"[device={args.device}, threads={args.threads}]")
     finally:
         shutil.rmtree(work, ignore_errors=True)

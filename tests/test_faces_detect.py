@@ -60,7 +60,8 @@ def test_no_face_gives_empty_list(detector, no_face_path):
     cat = read_image(no_face_path).rgb
     assert detector.detect([cat]) == [[]]
     cascade = FaceDetector("cpu", fallback=None, mtcnn_module=detector.mtcnn)  # every default pass
-    assert cascade.detect([cat[::2, ::2]]) == [[]]
+    assert len(cascade.passes) == 5 and cascade.passes[-1][2] == (0.3, 0.4, 0.5)
+    assert cascade.detect([cat[::2, ::2], cat[:, ::-1]]) == [[], []]
 
 
 def test_batch_of_mixed_sizes_and_layouts_keeps_order(detector, astronaut, no_face_path):
@@ -114,6 +115,10 @@ def test_bad_options_are_rejected():
         FaceDetector("cpu", thresholds=(0.5, 0.6), fallback=None)
     with pytest.raises(MeerError, match="min_face_size"):
         FaceDetector("cpu", passes=[(0.0, 8)], fallback=None)
+    with pytest.raises(MeerError, match="thresholds must be three numbers"):
+        FaceDetector("cpu", passes=[(0.0, 20, (0.5, 2.0, 0.5))], fallback=None)
+    with pytest.raises(MeerError, match="a pass is"):
+        FaceDetector("cpu", passes=[(0.0,)], fallback=None)
     with pytest.raises(MeerError, match="fallback"):
         FaceDetector("cpu", fallback="haar")
 

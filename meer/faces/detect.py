@@ -7,7 +7,8 @@ therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
 * lowers the three stage thresholds (``thresholds``);
 * runs a cascade of MTCNN passes (``passes``): images without a face after one pass get the next,
   which adds a constant border around the photo (so faces that fill the frame are seen whole by the
-  pyramid) and/or searches smaller faces than MTCNN's default (upsampling small photos);
+  pyramid), searches smaller faces than MTCNN's default (upsampling small photos), and last lowers
+  the thresholds further with a wide border;
 * for images where MTCNN still finds nothing, asks dlib's CNN face detector (``fallback="dlib"``,
   optional ``judge`` extra) for boxes and places the 5 landmarks with MTCNN's ONet on those boxes.
 
@@ -25,8 +26,12 @@ import torch
 from meer.utils.errors import MeerError
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.6)
-# (border as a fraction of the longer side, minimum face size in pixels) of each MTCNN pass
-DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12))
+LAST_CHANCE_THRESHOLDS = (0.3, 0.4, 0.5)
+# Each MTCNN pass: (border as a fraction of the longer side, minimum face size in pixels[, thresholds]);
+# a pass only sees the images that earlier passes found no face in. Measured on real masked photos
+# (benchmarks/bench_align.py detection): each pass adds faces, the last one (low thresholds, wide
+# border) mostly finds extreme close-ups of masked faces cut at the forehead.
+DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12), (0.5, 20), (1.0, 20, LAST_CHANCE_THRESHOLDS))
 
 
 @dataclass
@@ -90,9 +95,10 @@ class FaceDetector:
     Args:
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
         thresholds: MTCNN P/R/O-net score thresholds (facenet-pytorch's default is 0.6, 0.7, 0.7).
-        passes: ``(pad, min_face_size)`` of each MTCNN pass, tried in order on the images without a
-            face yet: ``pad`` is a constant (mean colour) border added on every side, as a fraction of
-            the longer side; ``min_face_size`` the smallest face side searched (MTCNN's default: 20 px).
+        passes: ``(pad, min_face_size[, thresholds])`` of each MTCNN pass, tried in order on the
+            images without a face yet: ``pad`` is a constant (mean colour) border added on every side,
+            as a fraction of the longer side; ``min_face_size`` the smallest face side searched
+            (MTCNN's default: 20 px); ``thresholds`` overrides ``thresholds`` for that pass.
         fallback: ``"dlib"`` to try dlib's CNN detector on images where MTCNN found nothing, or ``None``.
         fallback_upsample: how often dlib upsamples the image (each doubles the cost, finds smaller faces).
         batch_size: images per MTCNN forward pass (images of the same size are batched together).
@@ -114,7 +120,15 @@ class FaceDetector:
             raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(thresholds)}")
         if not passes:
             raise MeerError("at least one MTCNN pass is needed")
-        for pad, min_face_size in passes:
+        self.passes = []
+        for item in passes:
+            if len(item) not in (2, 3):
+                raise MeerError(f"a pass is (pad, min_face_size[, thresholds]), got {item!r}")
+            pad, min_face_size = float(item[0]), int(item[1])
+            th = tuple(float(t) for t in item[2]) if len(item) == 3 else None
+            if th is not None and (len(th) != 3 or not all(0.0 < t < 1.0 for t in th)):
+                raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(th)}")
+            self.passes.append((pad, min_face_size, th))
             if min_face_size < 12:
                 raise MeerError(f"min_face_size must be >= 12 (MTCNN's cell size), got {min_face_size}")
             if not 0.0 <= pad <= 1.0:
@@ -123,7 +137,6 @@ class FaceDetector:
             raise MeerError(f"batch size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
         self.thresholds = tuple(float(t) for t in thresholds)
-        self.passes = tuple((float(p), int(m)) for p, m in passes)
         self.factor = float(factor)
         self.batch_size = int(batch_size)
         if mtcnn_module is None:
@@ -143,7 +156,7 @@ class FaceDetector:
         """One list of detections per image (sorted by decreasing box area; empty when no face)."""
         arrays = [as_rgb_uint8(im) for im in images]
         results: list[list[FaceDetection]] = [[] for _ in arrays]
-        for pad, min_face_size in self.passes:
+        for pad, min_face_size, th in self.passes:
             groups: dict[tuple[int, int], list[int]] = {}
             for i, arr in enumerate(arrays):
                 if not results[i]:
@@ -151,7 +164,8 @@ class FaceDetector:
             for idxs in groups.values():
                 for start in range(0, len(idxs), self.batch_size):
                     chunk = idxs[start:start + self.batch_size]
-                    found = self._mtcnn_batch([arrays[i] for i in chunk], pad, min_face_size)
+                    found = self._mtcnn_batch([arrays[i] for i in chunk], pad, min_face_size,
+                                              th or self.thresholds)
                     for i, dets in zip(chunk, found):
                         results[i] = dets
         if self.fallback is not None:
@@ -164,7 +178,8 @@ class FaceDetector:
         return self.detect([image])[0]
 
     @torch.no_grad()
-    def _mtcnn_batch(self, arrays: list[np.ndarray], pad: float, min_face_size: int) -> list[list[FaceDetection]]:
+    def _mtcnn_batch(self, arrays: list[np.ndarray], pad: float, min_face_size: int,
+                     thresholds: tuple[float, ...]) -> list[list[FaceDetection]]:
         from facenet_pytorch.models.utils.detect_face import detect_face
 
         h, w = arrays[0].shape[:2]
@@ -178,7 +193,7 @@ class FaceDetector:
         if min(h, w) + 2 * p < min_face_size:  # smaller than MTCNN's first pyramid level
             return [[] for _ in arrays]
         boxes, points = detect_face(batch, min_face_size, self.mtcnn.pnet, self.mtcnn.rnet,
-                                    self.mtcnn.onet, list(self.thresholds), self.factor, self.device)
+                                    self.mtcnn.onet, list(thresholds), self.factor, self.device)
         out = []
         for bx, pt in zip(boxes, points):
             dets = []
