@@ -225,4 +225,4 @@ def test_exit_codes_and_refusals(inputs, tmp_path, checkpoint, monkeypatch, caps
     empty = tmp_path / "empty"
     empty.mkdir()
     code, _, err = run([empty, tmp_path / "o4", "--checkpoint", checkpoint, "--aligned", "-q"], capsys)
-    assert code == 1 and "no image files found" in err
+    assert code == 1 and "no files found" in err

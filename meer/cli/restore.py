@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     report.print_skipped(PROG)
     print(f"{PROG}: {run.final_line()}")
     if run.exit_code() != 0:
-        what = "no image files found" if not run.records else "no input could be processed"
+        what = "no files found" if not run.records else "no input could be processed"
         print(f"{PROG}: {what} in {args.input} (see {Path(args.output) / 'summary.csv'})", file=sys.stderr)
     return run.exit_code()
 
