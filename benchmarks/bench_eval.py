@@ -1,6 +1,6 @@
 """Evaluate the current state of meer on the evaluation-only identities of ../shared/data.
 
-    python benchmarks/bench_eval.py [--out reports/eval] [--cache cache/eval] [--shared ../shared/data] [-- extra meer-eval args]
+    python benchmarks/bench_eval.py [--out cache/eval/report] [--cache cache/eval/cache] [--shared ../shared/data] [-- extra meer-eval args]
 
 Runs ``meer-eval`` twice -- LFW eval-only identities (synthetic masks, fixed seed) and RMFRD eval-only
 identities (real masked photos, plus synthetic masks on their unmasked photos) -- and writes
@@ -81,14 +81,15 @@ def summarize(name: str, res: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=REPO / "reports" / "eval")
+    ap.add_argument("--out", type=Path, default=REPO / "cache" / "eval" / "report")
     ap.add_argument("--cache", type=Path, default=REPO / "cache" / "eval" / "cache")
     ap.add_argument("--shared", type=Path, default=None, help="shared data root (default $MEER_SHARED_DATA or ../shared/data)")
     ap.add_argument("--only", choices=sorted(RUNS), nargs="+", default=sorted(RUNS))
+    ap.add_argument("--summarize-only", action="store_true", help="only rebuild summary.md from OUT/<name>/results.json")
     ap.add_argument("extra", nargs="*", help="more meer-eval arguments (after --)")
     args = ap.parse_args()
     shared = args.shared or shared_data_root()
-    if not (shared / "MANIFEST.md").is_file():
+    if not args.summarize_only and not (shared / "MANIFEST.md").is_file():
         print(f"bench_eval: shared data not found at {shared} (set MEER_SHARED_DATA)", file=sys.stderr)
         return 2
     lines = ["# meer evaluation summary", "",
@@ -96,10 +97,11 @@ def main() -> int:
     for name in args.only:
         data, ids = RUNS[name]
         out = args.out / name
-        rc = meer_eval([str(shared / data), "--identities", str(shared / ids), "--out", str(out),
-                        "--cache", str(args.cache), "--overwrite", *args.extra])
-        if rc != 0:
-            return rc
+        if not args.summarize_only:
+            rc = meer_eval([str(shared / data), "--identities", str(shared / ids), "--out", str(out),
+                            "--cache", str(args.cache), "--overwrite", *args.extra])
+            if rc != 0:
+                return rc
         res = json.loads((out / "results.json").read_text(encoding="utf-8"))
         lines += summarize(name, res)
     (args.out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

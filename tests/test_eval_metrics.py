@@ -172,3 +172,18 @@ def test_verification_summary_fields():
     assert 0.9 < s["accuracy"] <= 1.0 and s["accuracy_ci95"][0] <= s["accuracy"] <= s["accuracy_ci95"][1]
     assert s["fmr100"] == pytest.approx(1 - s["tar_at_far_1e-2"])
     assert 0 <= s["eer"] < 0.2 and s["auc"] > 0.95
+
+
+def test_fold_bootstrap_ci_brackets_the_kfold_estimate_with_unequal_folds():
+    # fold 0: 10 pairs all right; fold 1: 2 pairs both wrong -> k-fold accuracy 0.5, pooled mean 10/12
+    correct = np.r_[np.ones(10), np.zeros(2)]
+    folds = np.r_[np.zeros(10), np.ones(2)]
+    lo, hi = M.fold_bootstrap_ci(correct, folds)
+    assert lo == hi == 0.5  # each fold is constant: every resample gives the same per-fold accuracies
+    rng = np.random.default_rng(2)
+    correct = rng.random(300) < 0.8
+    folds = np.repeat(np.arange(10), 30)
+    lo, hi = M.fold_bootstrap_ci(correct, folds)
+    per_fold = np.mean([correct[folds == f].mean() for f in range(10)])
+    assert lo < per_fold < hi and hi - lo < 0.15
+    assert M.fold_bootstrap_ci(correct, folds) == (lo, hi)

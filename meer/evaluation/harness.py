@@ -392,7 +392,8 @@ def quality_block(views: Views, embeddings: dict, comp: Components, methods: lis
     for m in methods:
         restored = np.stack([views.restored[("synthetic", m)][p] for p in paths])
         q = region_scores(restored, clean, masks)
-        row = {"method": m, "images": len(paths)}
+        row = {"method": m, "images": len(paths),
+               "empty_masks": int((masks.reshape(len(masks), -1).sum(axis=1) == 0).sum())}
         for k, v in q.items():
             row[k] = float(np.nanmean(v)) if np.isfinite(v).any() else None
         if comp.lpips is not None:

@@ -167,6 +167,9 @@ def render_markdown(r: dict) -> str:
                     row.append(f(q.get("lpips_face"), 3))
                 row += [f(q.get(k), 3) for k in cos_keys]
                 L.append("| " + " | ".join(row) + " |")
+            empty = r["quality"][0].get("empty_masks", 0)
+            if empty:
+                L += ["", f"{empty} of {r['quality'][0]['images']} synthetic masks left the face untouched (empty mask)."]
             if not has_lpips:
                 L.append("")
                 L.append("LPIPS not computed: its AlexNet trunk weights are not in the local torch cache.")
