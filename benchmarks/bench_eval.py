@@ -68,14 +68,14 @@ def summarize(name: str, res: dict) -> list[str]:
             L.append(f"| {q['method']} | {q['psnr_face']:.2f} | {q['ssim_face']:.3f} | {q['psnr_mask']:.2f} | "
                      f"{q['ssim_mask']:.3f} | {cos} |")
     if res["detectability"]:
-        L += ["", "| masks | dlib HOG finds the face again: " + " | ".join(
-            k for k in res["detectability"][0] if k not in ("source", "images")) + " |"]
-        L.append("|---|" + "---|" * (len(res["detectability"][0]) - 2))
+        cols = list(dict.fromkeys(k for d in res["detectability"] for k in d if k not in ("source", "images")))
+        L += ["", "| masks | dlib HOG finds the face again: " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for d in res["detectability"]:
             L.append(f"| {d['source']} ({d['images']} faces) | " + " | ".join(
-                f"{pct(v)}%" for k, v in d.items() if k not in ("source", "images")) + " |")
-    for n in res["notes"]:
-        L.append(f"\n- note: {n}")
+                f"{pct(d[k])}%" if k in d else "n/a" for k in cols) + " |")
+    if res["notes"]:
+        L.append("")
+        L += [f"- note: {n}" for n in res["notes"]]
     return L + [""]
 
 

@@ -39,6 +39,13 @@ def write_outputs(results: dict, score_sets: dict, views, embeddings: dict, comp
             roc = roc_figure(curves, f"ROC, {source} masks, judge {jn}", out / f"roc_{slug}.png")
             hist = histogram_figure(curves, f"scores, {source} masks, judge {jn}", metric, out / f"hist_{slug}.png")
             figures.setdefault(source, []).append((jn, roc.name, hist.name))
+    if score_sets:  # every scored pair, for re-analysis without re-embedding
+        arrays = {}
+        for (src, judge, cond, method), (sc, lab) in score_sets.items():
+            key = f"{src}|{judge}|{cond}|{method}"
+            arrays[key + "|scores"] = sc
+            arrays[key + "|genuine"] = lab
+        np.savez_compressed(out / "scores.npz", **arrays)
     grids = write_grids(views, embeddings, comp, data, opts, results)
     results["figures"] = {s: [{"judge": j, "roc": r, "hist": h} for j, r, h in v] for s, v in figures.items()}
     results["grids"] = grids
