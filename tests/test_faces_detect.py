@@ -61,7 +61,7 @@ def test_no_face_gives_empty_list(detector, no_face_path):
     assert detector.detect([cat]) == [[]]
     cascade = FaceDetector("cpu", fallback=None, mtcnn_module=detector.mtcnn)  # every default pass
     assert len(cascade.passes) == 5 and cascade.passes[-1][2] == (0.3, 0.4, 0.5)
-    assert cascade.detect([cat[::2, ::2], cat[:, ::-1]]) == [[], []]
+    assert cascade.detect([cat[::3, ::3]]) == [[]]  # small: the 100% border pass triples the size
 
 
 def test_batch_of_mixed_sizes_and_layouts_keeps_order(detector, astronaut, no_face_path):

@@ -34,7 +34,7 @@ def test_unmasked_lfw_faces_are_found_and_align_near_the_template(shared_data, d
 def test_most_real_masked_crops_are_found(shared_data, detector):
     """RMFRD's tight masked crops are MTCNN's hardest case (68.8% with its defaults on all 568); the
     cascade finds most of a spread-out sample, one face per crop."""
-    files = _sample(list((shared_data / "real_masked_pairs" / "rmfrd").glob("*/masked/*")), 16)
+    files = _sample(list((shared_data / "real_masked_pairs" / "rmfrd").glob("*/masked/*")), 12)
     found = detector.detect([read_image(f).rgb for f in files])
-    assert sum(len(d) >= 1 for d in found) >= 14
+    assert sum(len(d) >= 1 for d in found) >= 10
     assert sum(len(d) > 1 for d in found) <= 1
