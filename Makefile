@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test venv clean bench
+.PHONY: demo test venv clean eval
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/run_all.py
+# the evaluation in README / docs/evaluation.md (needs ../shared/data; slow on CPU the first time)
+eval: $(VENV)/.installed
+	$(PY) benchmarks/bench_eval.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
