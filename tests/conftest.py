@@ -36,3 +36,13 @@ def astronaut_path() -> Path:
 @pytest.fixture(scope="session")
 def no_face_path() -> Path:
     return EXAMPLES / "no_face_cat.jpg"
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one intra-op thread (elementwise ops and tiny matrices gain nothing from a
+    second thread, and lose badly on a busy 2-core machine); restores the setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -16,15 +16,9 @@ from meer.faces.template import ARCFACE_112
 from meer.masking import MaskSpec, apply_mask
 from meer.utils.images import read_image, write_image
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ASTRONAUT_5 = np.array([[205.01, 101.73], [246.76, 103.71], [224.67, 128.97], [201.72, 139.25], [245.27, 141.86]])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

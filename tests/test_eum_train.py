@@ -9,14 +9,7 @@ from meer.models.eum import EUM, EUMConfig, FrozenEmbedder, load_eum, save_eum
 from meer.training.tasks.eum_srt import EmbedderConfig, build_embedder, eum_step
 from meer.utils.errors import MeerError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: a second intra-op thread only adds synchronisation (badly so on a busy 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyRecognizer(torch.nn.Module):

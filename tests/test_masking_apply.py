@@ -11,20 +11,11 @@ from meer.masking import (COVERAGES, KINDS, PALETTE, MaskSpec, MaskSpecError, ap
 from meer.utils.errors import MeerError
 from meer.utils.images import read_image, write_image
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # MTCNN's landmarks for the bundled astronaut photo (examples/astronaut.png)
 ASTRONAUT_5 = np.array([[205.01, 101.73], [246.76, 103.71], [224.67, 128.97], [201.72, 139.25], [245.27, 141.86]])
 EYE_DISC = 0.1  # x inter-ocular distance: never covered
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The masking ops are elementwise: one thread is fastest on a small shared machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _face_image(size: int = 112, seed: int = 0) -> np.ndarray:

@@ -9,13 +9,7 @@ from meer.faces.template import ARCFACE_112
 from meer.masking import COVERAGES, KINDS, TEXTURES, MaskAugment, MaskSpecError, apply_mask, spec_from_params
 from meer.utils.errors import MeerError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(b: int = 8, size: int = 112, seed: int = 0) -> torch.Tensor:

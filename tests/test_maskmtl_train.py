@@ -21,13 +21,7 @@ from meer.utils.errors import MeerError
 REPO = Path(__file__).resolve().parents[1]
 from meer.utils.images import write_image
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classification_loss_skips_unlabelled_rows():
