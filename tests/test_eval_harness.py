@@ -265,3 +265,22 @@ def test_region_scores_by_hand():
     same = region_scores(clean, clean, mask)
     assert same["ssim_face"][0] == pytest.approx(1.0, abs=1e-6) and same["psnr_mask"][0] > 90
     assert np.isnan(region_scores(clean, clean, np.zeros_like(mask))["psnr_mask"][0])
+
+
+def test_eum_method_wraps_the_judge_it_was_trained_on(tmp_path):
+    import torch
+
+    from meer.evaluation.components import eum_method
+    from meer.models.eum import EUM, EUMConfig, save_eum
+
+    torch.manual_seed(0)
+    path = save_eum(EUM(EUMConfig(embedding_dim=192, depth=2)), tmp_path / "eum.pt", {"kind": "block"})
+    judge = BlockJudge()
+    method, why = eum_method(path, [judge])
+    assert why == "" and method.judge is judge and method.name == "eum"
+    v = np.random.default_rng(0).normal(size=(3, 192)).astype(np.float32)
+    out = method.transform(v)
+    assert out.shape == (3, 192) and not np.allclose(out, v)
+    none, why = eum_method(path, [])
+    assert none is None and "'block'" in why
+    assert eum_method(None, [judge])[0] is None

@@ -35,6 +35,7 @@ def eval_parser() -> argparse.ArgumentParser:
                    help="none telea meer meer-embed eum (unavailable ones are skipped with a note)")
     p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"], help="dlib meer facenet")
     p.add_argument("--checkpoint", type=Path, help="MEER checkpoint (default: $MEER_CHECKPOINT, shipped, cache)")
+    p.add_argument("--eum", type=Path, help="EUM/SRT checkpoint for method eum (scored on the judge it was trained on)")
     p.add_argument("--seed", type=int, default=0, help="synthetic masks and generated pairs (default 0)")
     p.add_argument("--folds", type=int, default=10)
     p.add_argument("--per-fold", type=int, default=300, help="genuine (= impostor) pairs per fold, at most")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model, key, why = load_model(args)
-    comp = build_components(args.methods, args.judges, model, key, why, args.device)
+    comp = build_components(args.methods, args.judges, model, key, why, args.device, eum_path=args.eum)
     cache = None if args.no_cache else (args.cache or default_cache())
     opts = EvalOptions(data=args.data, out=out, pairs=args.pairs, identities=args.identities, aligned=args.aligned,
                        seed=args.seed, folds=args.folds, per_fold=args.per_fold, cache_dir=cache, grid=args.grid,

@@ -28,7 +28,7 @@ def file_key(path: Path) -> str:
 
 def build_components(methods: list[str], judges: list[str], model: torch.nn.Module | None = None,
                      model_key: str = "meer", model_note: str | None = None, device: str = "cpu",
-                     synthetic: bool = True) -> Components:
+                     synthetic: bool = True, eum_path: Path | None = None) -> Components:
     """``model``: a loaded MEER (or ``None``, with ``model_note`` saying why)."""
     methods = check_names(methods, METHODS, "method")
     judges = check_names(judges, JUDGES, "judge")
@@ -54,7 +54,7 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
 
                 comp.judges.append(MeerJudge(model, f"meer-{model_key}", device=device))
         elif j == "facenet":
-            from meer.evaluation.judge_facenet import FacenetJudge, facenet_weights_path
+            from meer.evaluation.judge_facenet import FacenetJudge
 
             try:
                 comp.judges.append(FacenetJudge(device=device))
@@ -84,8 +84,11 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
                 comp.embedding_methods.append(
                     EmbeddingMethod("meer-embed", own or MeerJudge(model, f"meer-{model_key}", device=device)))
         elif m == "eum":
-            notes.append("method eum skipped: no trained EUM/SRT checkpoint can be loaded by meer-eval yet "
-                         "(meer/models/eum.py has the model; an EUM checkpoint format is not defined)")
+            method, why = eum_method(eum_path, comp.judges, device)
+            if method is None:
+                notes.append(f"method eum skipped: {why}")
+            else:
+                comp.embedding_methods.append(method)
     if synthetic:
         try:
             from meer.evaluation.prepare import meer_masker
@@ -100,3 +103,23 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
     else:
         notes.append("LPIPS skipped: AlexNet trunk weights are not in the local torch cache")
     return comp
+
+
+def eum_method(path: Path | None, judges: list, device: str = "cpu") -> tuple[EmbeddingMethod | None, str]:
+    """EUM/SRT on top of the judge whose embeddings it was trained on (``meer.models.eum.load_eum``)."""
+    if path is None:
+        return None, "no --eum checkpoint given (an eum_srt training checkpoint or a save_eum file)"
+    from meer.models.eum import load_eum
+
+    eum, embedder = load_eum(path, device=device)
+    kind = str(embedder.get("kind", "unknown"))
+    judge = next((j for j in judges if j.name == kind), None)
+    if judge is None:
+        return None, f"{path} was trained on '{kind}' embeddings and judge '{kind}' is not in this run"
+
+    @torch.no_grad()
+    def transform(vectors):
+        x = torch.as_tensor(vectors, dtype=torch.float32, device=device)
+        return eum(x).float().cpu().numpy()
+
+    return EmbeddingMethod("eum", judge, transform), ""
