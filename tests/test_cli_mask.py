@@ -9,7 +9,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from meer.cli.mask import file_seed, main
 from meer.faces.template import ARCFACE_112

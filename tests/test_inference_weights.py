@@ -1,7 +1,6 @@
 """Checkpoint lookup order and the error that lists every place looked at."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

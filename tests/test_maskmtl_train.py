@@ -187,7 +187,7 @@ def test_meer_train_cli_runs_maskmtl(tmp_path, capsys):
 
 
 def test_maskmtl_eval_reports_masked_vs_unmasked(tmp_path, capsys):
-    from meer.evaluation.maskmtl_eval import evaluate_maskmtl, format_table, main
+    from meer.cli.maskmtl_eval import main
 
     res = train(_cfg(tmp_path, steps=2), run_dir=tmp_path / "run")
     assert main(["--checkpoint", str(res.last_checkpoint), "--json", str(tmp_path / "r.json"), "--batch-size", "4"]) == 0

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import functools
 import sys
-from dataclasses import dataclass, field
 from typing import Callable
 
 from meer.utils.errors import MeerError
+from meer.utils.folder_report import EXIT_NOTHING_PROCESSED, EXIT_OK, FolderReport
 
-EXIT_OK = 0
-EXIT_NOTHING_PROCESSED = 1
+__all__ = ["EXIT_OK", "EXIT_NOTHING_PROCESSED", "EXIT_USAGE", "FolderReport", "run_cli"]
+
 EXIT_USAGE = 2
 
 
@@ -32,31 +32,3 @@ def run_cli(prog: str) -> Callable[[Callable[[list[str] | None], int]], Callable
         return inner
 
     return wrap
-
-
-def not_implemented(prog: str, issue: str) -> int:
-    print(f"{prog}: not implemented yet ({issue})", file=sys.stderr)
-    return EXIT_USAGE
-
-
-@dataclass
-class FolderReport:
-    """Tally of a folder job: what was done and which inputs were skipped, and why."""
-
-    done: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def skip(self, path: object, reason: str) -> None:
-        self.skipped.append((str(path), reason))
-
-    def print_skipped(self, prog: str, limit: int = 20) -> None:
-        if not self.skipped:
-            return
-        print(f"{prog}: {len(self.skipped)} input(s) skipped:", file=sys.stderr)
-        for path, reason in self.skipped[:limit]:
-            print(f"  {path}: {reason}", file=sys.stderr)
-        if len(self.skipped) > limit:
-            print(f"  ... and {len(self.skipped) - limit} more", file=sys.stderr)
-
-    def exit_code(self) -> int:
-        return EXIT_OK if self.done > 0 or not self.skipped else EXIT_NOTHING_PROCESSED

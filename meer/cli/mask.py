@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from meer.masking.apply import apply_mask, split_landmarks
+    from meer.masking.apply import apply_mask
     from meer.masking.landmarks68 import load_landmarks68
     from meer.masking.sampling import sample_spec
     from meer.masking.spec import COVERAGES, TEXTURES

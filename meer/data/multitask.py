@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -18,6 +18,9 @@ from torch.utils.data import ConcatDataset, Dataset
 from meer.config import ConfigError
 from meer.data.celeba_attrs import CelebAAttributesDataset
 from meer.data.utkface import UTKFaceDataset
+
+if TYPE_CHECKING:  # annotations only: data never imports models at run time
+    from meer.models.maskmtl import TaskSpec
 
 #: coarse colour classes of a mask's RGB (the ``mask_color`` task)
 COLOR_NAMES = ("white", "gray", "black", "red_orange", "yellow_green", "cyan_blue", "purple_pink")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from meer.cli.common import FolderReport
+from meer.utils.folder_report import FolderReport
 from meer.data.pairs import Pair, make_pairs, read_pairs, write_pairs
 from meer.evaluation.cache import EmbeddingCache
 from meer.evaluation.dataset import EvalData, scan_eval_data

@@ -1,7 +1,7 @@
 """Evaluate a MaskMTL checkpoint: per-task accuracy / MAE on unmasked vs synthetically masked inputs.
 
-    python -m meer.evaluation.maskmtl_eval --checkpoint runs/00004-maskmtl/checkpoints/ckpt-00003000.pt
-    python -m meer.evaluation.maskmtl_eval --checkpoint CKPT --utkface-root DIR --test-list FILE --json out.json
+    python -m meer.cli.maskmtl_eval --checkpoint runs/00004-maskmtl/checkpoints/ckpt-00003000.pt
+    python -m meer.cli.maskmtl_eval --checkpoint CKPT --utkface-root DIR --test-list FILE --json out.json
 
 The test split is the one the run was configured with (``maskmtl.data``; for UTKFace the files of
 ``splits/utkface_test.txt``, never trained on) unless other data is given. Every test face is scored
@@ -12,8 +12,6 @@ Classification tasks report accuracy, regression tasks (age) the mean absolute e
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,13 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from meer.cli.common import EXIT_OK, run_cli
 from meer.config import from_dict
 from meer.masking.batch import MaskAugment
 from meer.models.maskmtl import MaskMTL, MaskMTLConfig
 from meer.utils.errors import MeerError
 
-PROG = "maskmtl-eval"
 MASK_ONLY = ("mask_kind", "mask_coverage", "mask_color")
 
 
@@ -37,7 +33,7 @@ def load_maskmtl_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     if not path.is_file():
         raise MeerError(f"checkpoint not found: {path}")
     try:
-        state = torch.load(str(path), map_location=device, weights_only=False)
+        state = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
         raise MeerError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
     task = state.get("task") if isinstance(state, dict) else None
@@ -59,7 +55,7 @@ def evaluate_maskmtl(model: MaskMTL, loader: DataLoader, masking: MaskAugment | 
     gen = torch.Generator(device=device).manual_seed(seed)
     model.eval()
     sums: dict[tuple[str, str], list[float]] = {}
-    for batch in tqdm(loader, desc=PROG, unit="batch", disable=not progress, file=sys.stderr):
+    for batch in tqdm(loader, desc="maskmtl-eval", unit="batch", disable=not progress, file=sys.stderr):
         clean = batch["clean"].to(device)
         masked, _, info = masking(clean, None, generator=gen)
         base = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "clean"}
@@ -101,49 +97,3 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
         lines.append(f"| {name} | {r['metric']}{' (years)' if r['metric'] == 'mae' else ''} | {cell(r['unmasked'])} | "
                      f"{cell(r['masked'])} | {n} |")
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Per-task accuracy / MAE of a MaskMTL checkpoint on "
-                                                       "unmasked vs synthetically masked test faces.")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint of a task: maskmtl run")
-    p.add_argument("--utkface-root", help="UTKFace folder (default: the run's maskmtl.data.utkface_root)")
-    p.add_argument("--test-list", help="UTKFace test list (default: the run's maskmtl.data.utkface_test_list)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=0, help="score only the first N test faces (0: all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic masks")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", help="also write the results here")
-    return p
-
-
-@run_cli(PROG)
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from meer.data.multitask import MaskMTLDataConfig, build_dataset, collate_targets
-
-    model, cfg = load_maskmtl_checkpoint(args.checkpoint, args.device)
-    data = dict(cfg.get("maskmtl", {}).get("data", {}))
-    if args.utkface_root:
-        data.update(utkface_root=args.utkface_root, celeba_images=None, celeba_attrs=None)
-    if args.test_list:
-        data["utkface_test_list"] = args.test_list
-    dc = from_dict(MaskMTLDataConfig, data, source=args.checkpoint, prefix="maskmtl.data.")
-    dataset, _, notes = build_dataset(dc, "test")
-    if args.limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(args.limit, len(dataset))))
-    tasks = model.cfg.tasks
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                        collate_fn=lambda items: collate_targets(items, tasks))
-    results = evaluate_maskmtl(model, loader, seed=args.seed, device=args.device)
-    for note in notes:
-        print(f"{PROG}: note: {note}", file=sys.stderr)
-    print(f"{len(dataset)} test faces, each unmasked and with a synthetic mask (seed {args.seed})")
-    print(format_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return EXIT_OK
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from meer.cli.common import FolderReport
+from meer.utils.folder_report import FolderReport
 from meer.evaluation.dataset import EvalData
 from meer.evaluation.geometry import CANVAS_SCALE, CANVAS_OFFSET, canvas_matrix, crop_matrix_to_canvas, warp_to_canvas
 from meer.faces.template import ARCFACE_112

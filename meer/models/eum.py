@@ -170,7 +170,7 @@ def load_eum(path: str | Path, device: str | torch.device = "cpu") -> tuple[EUM,
     if not path.is_file():
         raise MeerError(f"EUM checkpoint not found: {path}")
     try:
-        state = torch.load(str(path), map_location=device, weights_only=False)
+        state = torch.load(str(path), map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a user error
         raise MeerError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
     if isinstance(state, dict) and "eum_state" in state:  # save_eum

@@ -283,6 +283,6 @@ def train(cfg, resume: str | Path | None = None, dry_run: bool = False, run_dir:
         log.info(f"stopped at step {end} of {cfg.total_steps}; continue with: meer-train --resume {run_path}")
     else:
         log.info(f"done: {end} steps; checkpoint {last_ckpt}; evaluate with: "
-                 f"python -m meer.evaluation.maskmtl_eval --checkpoint {last_ckpt}")
+                 f"python -m meer.cli.maskmtl_eval --checkpoint {last_ckpt}")
     log.close()
     return MaskMTLResult(run_path, max(start, end), last_ckpt, stats)
