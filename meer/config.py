@@ -48,10 +48,19 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of keys, got {type(loaded).__name__}")
         raw = loaded
+    keys = []
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(raw, key, value, cls)
-    return from_dict(cls, raw, source=source)
+        keys.append(key)
+    try:
+        return from_dict(cls, raw, source=source)
+    except ConfigError as exc:
+        message = str(exc)
+        for key in keys:  # name the command line when the bad key came from an override
+            if f"'{key}'" in message or f"'{key}[" in message:
+                raise ConfigError(message.replace(f"{source}: ", f"{source} (override {key}=...): ", 1)) from None
+        raise
 
 
 def parse_override(item: str) -> tuple[str, Any]:

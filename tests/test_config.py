@@ -85,3 +85,10 @@ def test_override_values_are_yaml():
     assert parse_override("a.b=1e-3") == ("a.b", 1e-3)
     assert parse_override("a=[1, 2]") == ("a", [1, 2])
     assert parse_override("a=hello world") == ("a", "hello world")
+
+
+def test_override_errors_say_they_came_from_the_command_line(tmp_path):
+    p = write(tmp_path, "steps: 3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Cfg, p, ["optim.lrr=1"])
+    assert str(info.value) == f"{p} (override optim.lrr=...): unknown key 'optim.lrr' (did you mean 'optim.lr'?)"
