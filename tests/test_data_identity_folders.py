@@ -140,7 +140,7 @@ def test_template_none_at_112_and_alignment_jsonl(tmp_path):
     IdentityFolderDataset(tmp_path, split="all", masking=op)[0]
     assert op.calls[-1][1] is None  # aligned 112 crops: the op uses its template
     lms = [[30.0, 50.0], [80.0, 50.0], [56.0, 70.0], [40.0, 90.0], [72.0, 90.0]]
-    rec = {"crop_path": "a/a_0002.png", "crop_landmarks": lms, "source": "x.jpg"}
+    rec = {"crop": "a/a_0002.png", "landmarks_crop": lms, "source": "x.jpg"}
     (tmp_path / "alignment.jsonl").write_text(json.dumps(rec) + "\n")
     ds = IdentityFolderDataset(tmp_path, split="all", masking=op, image_size=56)
     ds[0]
@@ -151,7 +151,7 @@ def test_template_none_at_112_and_alignment_jsonl(tmp_path):
 
 def test_bad_alignment_jsonl(tmp_path):
     make_tree(tmp_path, {"a": 1})
-    (tmp_path / "alignment.jsonl").write_text('{"crop_path": "a/x.png"}\n')
+    (tmp_path / "alignment.jsonl").write_text('{"crop": "a/x.png"}\n')
     with pytest.raises(MeerError, match="alignment.jsonl:1"):
         IdentityFolderDataset(tmp_path, split="all")
 

@@ -19,7 +19,6 @@ each crop's own landmarks.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -32,14 +31,12 @@ from meer.data.folders import scan_identity_root
 from meer.data.loading import load_image_tensor
 from meer.data.masked_item import item_generator, mask_item
 from meer.data.splits import EvalIdentities, check_split, in_split, resolve_eval_identities
+from meer.faces.folder import JSONL_NAME as ALIGNMENT_FILE, read_alignment
 from meer.utils.errors import MeerError
 
 MaskingOp = Callable[..., tuple[torch.Tensor, torch.Tensor, dict]]
 Roots = str | Path | Sequence[str | Path] | Mapping[str, str | Path]
 
-ALIGNMENT_FILE = "alignment.jsonl"
-_CROP_KEYS = ("crop_path", "crop")
-_LANDMARK_KEYS = ("crop_landmarks", "landmarks_crop")
 
 
 @dataclass(frozen=True)
@@ -71,27 +68,12 @@ def named_roots(roots: Roots) -> list[tuple[str, Path]]:
 
 def read_crop_landmarks(root: Path) -> dict[Path, np.ndarray]:
     """``{resolved crop path: (5,2) landmarks in crop pixels}`` from ``root/alignment.jsonl`` if present."""
-    path = root / ALIGNMENT_FILE
-    if not path.is_file():
+    if not (root / ALIGNMENT_FILE).is_file():
         return {}
     out: dict[Path, np.ndarray] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MeerError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        crop = next((rec[k] for k in _CROP_KEYS if k in rec), None)
-        lms = next((rec[k] for k in _LANDMARK_KEYS if k in rec), None)
-        if crop is None or lms is None:
-            raise MeerError(f"{path}:{n}: needs a crop path ({'/'.join(_CROP_KEYS)}) and "
-                            f"crop landmarks ({'/'.join(_LANDMARK_KEYS)})")
-        arr = np.asarray(lms, dtype=np.float32)
-        if arr.shape != (5, 2):
-            raise MeerError(f"{path}:{n}: crop landmarks must be 5 (x, y) points, got shape {arr.shape}")
-        crop = Path(crop)
-        out[(crop if crop.is_absolute() else root / crop).resolve()] = arr
+    for rec in read_alignment(root):
+        crop = Path(rec["crop"])
+        out[(crop if crop.is_absolute() else root / crop).resolve()] = rec["landmarks_crop"].astype(np.float32)
     return out
 
 

@@ -156,7 +156,12 @@ def read_alignment(out_dir: str | Path) -> list[dict]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise MeerError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+        if "crop" not in rec or "landmarks_crop" not in rec:
+            raise MeerError(f"{path}:{n}: a record needs 'crop' and 'landmarks_crop' (as meer-align writes them)")
         for key in ("matrix", "landmarks_source", "landmarks_crop", "box"):
-            rec[key] = np.asarray(rec[key], dtype=np.float64)
+            if key in rec:
+                rec[key] = np.asarray(rec[key], dtype=np.float64)
+        if rec["landmarks_crop"].shape != (5, 2):
+            raise MeerError(f"{path}:{n}: landmarks_crop must be 5 (x, y) points, got shape {rec['landmarks_crop'].shape}")
         records.append(rec)
     return records
