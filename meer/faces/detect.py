@@ -9,6 +9,8 @@ therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
   which adds a constant border around the photo (so faces that fill the frame are seen whole by the
   pyramid), searches smaller faces than MTCNN's default (upsampling small photos), and last lowers
   the thresholds further with a wide border;
+* optionally (``plausibility``, off by default) drops detections whose 5 landmarks are geometrically
+  implausible for their box (:mod:`meer.faces.plausibility`), so the image goes on to the next pass;
 * for images where MTCNN still finds nothing, asks dlib's CNN face detector (``fallback="dlib"``,
   optional ``judge`` extra) for boxes and places the 5 landmarks with MTCNN's ONet on those boxes.
 
@@ -23,6 +25,7 @@ from typing import Literal, Sequence
 import numpy as np
 import torch
 
+from meer.faces.plausibility import PlausibilityLimits, plausible
 from meer.utils.errors import MeerError
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.6)
@@ -103,6 +106,10 @@ class FaceDetector:
         fallback_upsample: how often dlib upsamples the image (each doubles the cost, finds smaller faces).
         batch_size: images per MTCNN forward pass (images of the same size are batched together).
         mtcnn_module: an existing ``facenet_pytorch.MTCNN`` (tests pass one with random weights).
+        plausibility: :class:`~meer.faces.plausibility.PlausibilityLimits` that every detection's
+            landmarks must meet (MTCNN passes and the fallback alike; rejected ones count as not
+            found), or ``None`` (default) to keep every detection. With ``PlausibilityLimits()`` the
+            measured alignment quality on RMFRD / LFW did not change (2026-11-23), hence off.
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class FaceDetector:
         batch_size: int = 16,
         factor: float = 0.709,
         mtcnn_module=None,
+        plausibility: PlausibilityLimits | None = None,
     ):
         if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
             raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(thresholds)}")
@@ -139,6 +147,7 @@ class FaceDetector:
         self.thresholds = tuple(float(t) for t in thresholds)
         self.factor = float(factor)
         self.batch_size = int(batch_size)
+        self.plausibility = plausibility
         if mtcnn_module is None:
             from facenet_pytorch import MTCNN
 
@@ -167,12 +176,17 @@ class FaceDetector:
                     found = self._mtcnn_batch([arrays[i] for i in chunk], pad, min_face_size,
                                               th or self.thresholds)
                     for i, dets in zip(chunk, found):
-                        results[i] = dets
+                        results[i] = self._keep_plausible(dets, arrays[i].shape)
         if self.fallback is not None:
             for i, arr in enumerate(arrays):
                 if not results[i]:
-                    results[i] = self.fallback.detect(arr)
+                    results[i] = self._keep_plausible(self.fallback.detect(arr), arr.shape)
         return [sorted(dets, key=lambda d: -d.area) for dets in results]
+
+    def _keep_plausible(self, dets: list[FaceDetection], shape: tuple[int, ...]) -> list[FaceDetection]:
+        if self.plausibility is None:
+            return dets
+        return [d for d in dets if plausible(d.landmarks, d.box, shape, self.plausibility)]
 
     def detect_one(self, image: np.ndarray) -> list[FaceDetection]:
         return self.detect([image])[0]
