@@ -27,7 +27,7 @@ import numpy as np
 
 from meer.data.folders import image_files
 from meer.utils.errors import MeerError
-from meer.utils.files import atomic_write_bytes, ensure_new
+from meer.utils.files import atomic_write_bytes, ensure_new, read_text
 
 FileLists = Mapping[str, Sequence[str | Path]]
 
@@ -162,12 +162,7 @@ def read_pairs(path: str | Path, files: FileLists | str | Path | None = None) ->
     """Read a pairs file; with ``files`` (a root of identity folders, or ``{name: paths}``) resolve
     each pair to image paths, reporting (not raising on) missing identities and images."""
     path = Path(path)
-    if not path.is_file():
-        raise MeerError(f"pairs file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MeerError(f"cannot read pairs file {path}: {exc}") from None
+    text = read_text(path, "pairs file")
     parsed, n_folds, per_fold = parse_pairs(text, str(path))
     report = PairsReport(total=len(parsed))
     if files is None:

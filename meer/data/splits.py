@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Union
 
 from meer.utils.errors import MeerError
+from meer.utils.files import read_text
 
 Split = Literal["train", "eval", "all"]
 SPLITS = ("train", "eval", "all")
@@ -38,12 +39,7 @@ def shared_data_root() -> Path:
 def read_identity_list(path: str | Path) -> set[str]:
     """Names in a list file, one per line; blank lines and ``#`` comments are ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise MeerError(f"identity list not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MeerError(f"cannot read identity list {path}: {exc}") from None
+    text = read_text(path, "identity list")
     names = set()
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()

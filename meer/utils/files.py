@@ -73,3 +73,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of a small input file; a one-line ``MeerError`` naming ``what`` when it is
+    missing or unreadable (e.g. ``read_text(p, "pairs file")``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MeerError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MeerError(f"cannot read {what} {path}: {exc}") from None
