@@ -23,6 +23,7 @@ from meer.config import from_dict
 from meer.masking.batch import MaskAugment
 from meer.models.maskmtl import MaskMTL, MaskMTLConfig
 from meer.utils.errors import MeerError
+from meer.utils.torch_files import load_weights_only
 
 MASK_ONLY = ("mask_kind", "mask_coverage", "mask_color")
 
@@ -30,12 +31,7 @@ MASK_ONLY = ("mask_kind", "mask_coverage", "mask_color")
 def load_maskmtl_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[MaskMTL, dict]:
     """The model of a ``task: maskmtl`` training checkpoint, and the run's config as a dict."""
     path = Path(path)
-    if not path.is_file():
-        raise MeerError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(str(path), map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error here
-        raise MeerError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    state = load_weights_only(path, device)
     task = state.get("task") if isinstance(state, dict) else None
     if not isinstance(task, dict) or "model_cfg" not in task:
         raise MeerError(f"{path}: not a MaskMTL training checkpoint (task: maskmtl)")

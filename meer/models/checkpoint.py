@@ -19,6 +19,7 @@ from meer.config import ConfigError, from_dict, to_dict
 from meer.models.meer import MEER, MEERConfig
 from meer.utils.errors import MeerError
 from meer.utils.files import atomic_write_bytes
+from meer.utils.torch_files import load_weights_only
 
 FORMAT = "meer-inference"
 VERSION = 1
@@ -69,13 +70,7 @@ def save_inference_checkpoint(model: MEER, path: str | Path, meta: dict[str, Any
 def load_meer(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[MEER, dict[str, Any]]:
     """``(model in eval mode, meta)`` from a file written by :func:`save_inference_checkpoint`."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"model checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means an unusable file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable meer checkpoint ({reason[:120]})") from None
+    payload = load_weights_only(path, map_location, what="meer checkpoint", error=CheckpointError)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a meer inference checkpoint (training checkpoints hold more; export one)")
     if payload.get("version") != VERSION:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meer.utils.errors import MeerError
+from meer.utils.torch_files import load_weights_only
 
 
 @dataclass
@@ -167,12 +168,7 @@ def load_eum(path: str | Path, device: str | torch.device = "cpu") -> tuple[EUM,
     from dataclasses import fields
 
     path = Path(path)
-    if not path.is_file():
-        raise MeerError(f"EUM checkpoint not found: {path}")
-    try:
-        state = torch.load(str(path), map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable file is a user error
-        raise MeerError(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:120]})") from None
+    state = load_weights_only(path, device)
     if isinstance(state, dict) and "eum_state" in state:  # save_eum
         model_cfg, weights, embedder = state["eum_config"], state["eum_state"], state.get("embedder", {})
     elif isinstance(state, dict) and isinstance(state.get("task"), dict) and "eum" in state["task"]:

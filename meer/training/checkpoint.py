@@ -18,6 +18,7 @@ import torch
 
 from meer.utils.errors import MeerError
 from meer.utils.files import atomic_write_bytes
+from meer.utils.torch_files import load_weights_only
 
 FORMAT = "meer-train-state"
 VERSION = 1
@@ -33,13 +34,7 @@ def save_state(state: dict[str, Any], path: str | Path) -> None:
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a training checkpoint with ``weights_only=True``; one-line ``MeerError`` when unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise MeerError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MeerError(f"{path}: not a readable training checkpoint ({first[:160]})") from None
+    state = load_weights_only(path, map_location, what="training checkpoint")
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise MeerError(f"{path}: not a meer training checkpoint (an inference checkpoint? use it with meer-restore)")
     if state.get("version") != VERSION:
