@@ -7,6 +7,7 @@ foundation: face detection, 5-point alignment and a synthetic mask with its exac
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def mask_demo(out: Path, seed: int) -> list[Path]:
         write_image(out / "alignment_overlay.png", _overlay(image.rgb, face.box, face.landmarks, footprint),
                     overwrite=True),
     ]
-    (out / "mask_spec.json").write_text(__import__("json").dumps(masked.spec.to_dict(), indent=2))
+    (out / "mask_spec.json").write_text(json.dumps(masked.spec.to_dict(), indent=2))
     return written
 
 
