@@ -250,3 +250,25 @@ def test_generator_ignores_encoder_features_and_pixels_inside_the_mask():
         # ... while the identity code does change the hole
         changed = m.generator(feats, id_code + 1.0, 1 - mask, masked * 2 - 1)
     assert not torch.allclose(changed[..., S // 2 :, :], ref[..., S // 2 :, :])
+
+
+def test_template_prior_starts_at_the_tone_shifted_template_and_learns():
+    m = model(gen_template=True)
+    _, masked, mask = batch(2)
+    mean_face = torch.rand(3, S, S)
+    m.generator.init_template(mean_face)
+    out = m(masked, mask=mask)
+    # step 0: the last conv is zero, so the raw output is the template shifted to the visible mean, per channel
+    vis = 1.0 - mask
+    t = mean_face * 2 - 1
+    shift = (((masked * 2 - 1) - t) * vis).sum((2, 3), keepdim=True) / vis.sum((2, 3), keepdim=True)
+    expected = ((t + shift).clamp(-0.98, 0.98) + 1) / 2
+    torch.testing.assert_close(out.generated, expected, atol=1e-5, rtol=0)
+    # the template is a generator parameter and receives gradient from the restoration loss
+    (out.generated * mask).mean().backward()
+    assert m.generator.template.grad is not None and m.generator.template.grad.abs().sum() > 0
+    assert any(p is m.generator.template for p in m.generator_parameters())
+    with pytest.raises(ValueError, match="mean face"):
+        m.generator.init_template(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="without a template"):
+        model().generator.init_template(mean_face)

@@ -10,6 +10,13 @@
 * **Output stage**: upsample to the image size, concatenate the visible input pixels ``x * (1 - M)`` and the
   visibility map, ``conv3x3 -> LeakyReLU -> conv3x3 -> tanh``, mapped to [0, 1].
 
+* **Template prior** (``template=True``): a learned face template ``T`` (``3 x H x W``, initialised by training
+  from the mean aligned training face, see :meth:`UNetGenerator.init_template`) is shifted per image and channel
+  so its mean over the visible pixels matches the input's (lighting / skin tone), and the network predicts a
+  residual on top of it in tanh pre-activation space: ``out = (tanh(atanh(T') + y) + 1) / 2``. Aligned faces all
+  put the nose, mouth and chin in the same place, so a small decoder trained briefly starts from a face-shaped
+  fill in the right tone rather than a flat colour; the last convolution starts at zero, so step 0 outputs ``T'``.
+
 Content inside the occluded region can therefore only come from the identity code and from visible context;
 see ``docs/meer_model.md`` for the one leak this does not close (receptive fields of visible positions near the
 mask border in the encoder).
@@ -55,6 +62,8 @@ class UNetGenerator(nn.Module):
         width: int = 32,
         max_width: int = 256,
         seed_channels: int | None = None,
+        template: bool = False,
+        image_size: int = 112,
     ) -> None:
         super().__init__()
         n = len(enc_channels)
@@ -74,6 +83,29 @@ class UNetGenerator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Conv2d(out_mid, 3, 3, 1, 1),
         )
+        self.template = None
+        if template:
+            self.template = nn.Parameter(torch.zeros(1, 3, image_size, image_size))  # in [-1, 1]
+            nn.init.zeros_(self.to_rgb[-1].weight)
+            nn.init.zeros_(self.to_rgb[-1].bias)
+
+    @torch.no_grad()
+    def init_template(self, mean_face: torch.Tensor) -> None:
+        """Set the template from a mean face (``3 x H x W`` or ``1 x 3 x H x W`` in [0, 1])."""
+        if self.template is None:
+            raise ValueError("this generator was built without a template (template=False)")
+        t = mean_face.reshape(1, *mean_face.shape[-3:]).to(self.template)
+        if t.shape != self.template.shape:
+            raise ValueError(f"mean face must be {tuple(self.template.shape[1:])}, got {tuple(mean_face.shape)}")
+        self.template.copy_(t * 2.0 - 1.0)
+
+    def shifted_template(self, visible: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The template with each channel shifted so its mean over the visible pixels equals ``x``'s."""
+        v = visible.float()
+        t = self.template.float()
+        area = v.sum(dim=(-2, -1), keepdim=True).clamp_min(1.0)
+        shift = ((x.float() - t) * v).sum(dim=(-2, -1), keepdim=True) / area
+        return (t + shift).clamp(-0.98, 0.98)
 
     def forward(
         self, feats: list[torch.Tensor], id_code: torch.Tensor, visible: torch.Tensor, x: torch.Tensor
@@ -95,5 +127,7 @@ class UNetGenerator(nn.Module):
             y = conv_b(y, id_code)
         y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         v = visible.to(y.dtype)
-        y = self.to_rgb(torch.cat([y, (x * visible).to(y.dtype), v], dim=1))
-        return (torch.tanh(y.float()) + 1.0) * 0.5
+        y = self.to_rgb(torch.cat([y, (x * visible).to(y.dtype), v], dim=1)).float()
+        if self.template is not None:
+            y = y + torch.atanh(self.shifted_template(visible, x))
+        return (torch.tanh(y) + 1.0) * 0.5

@@ -79,6 +79,7 @@ class MEERConfig:
     gen_width: int = 32
     gen_max_width: int = 256
     gen_grad_to_encoder: bool = True
+    gen_template: bool = False  # mean-face template prior (see UNetGenerator); training initialises it
     # id-preserving loss gradient switches (ablations)
     id_grad_to_generator: bool = True
     id_grad_to_recognizer: bool = True
@@ -127,7 +128,8 @@ class MEER(nn.Module):
             cfg.detach_gate, dropout=0.0,
         )
         self.head = RecognitionHead(cfg.id_dim, cfg.embedding_dim, cfg.head_dropout)
-        self.generator = UNetGenerator(self.encoder.channels, deep_size, cfg.id_dim, cfg.gen_width, cfg.gen_max_width)
+        self.generator = UNetGenerator(self.encoder.channels, deep_size, cfg.id_dim, cfg.gen_width, cfg.gen_max_width,
+                                       template=cfg.gen_template, image_size=cfg.image_size)
 
     # ---- parameter groups -------------------------------------------------------------------------------
     def recognizer_parameters(self) -> Iterator[nn.Parameter]:

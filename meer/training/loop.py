@@ -137,6 +137,10 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
         log.info(f"resumed from {ckpt_path} at step {start_step}")
     else:
         log.info(f"run directory {run_path}")
+        prepare = getattr(task, "prepare", None)  # per-task initialisation from data (fresh runs only)
+        message = prepare(splits.train) if prepare is not None else None
+        if message:
+            log.info(message)
     log.info(describe(cfg, splits, counts, run_path, sampler), console=False)
     if getattr(task, "recon", None) is not None and cfg.loss.w_lpips > 0 and not task.recon.lpips_is_real:
         log.info("LPIPS: no pretrained trunk in the local cache; training with a random-trunk feature "

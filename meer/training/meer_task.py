@@ -111,6 +111,21 @@ class MEERTask:
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
         self.ema = EMA(self.model, cfg.ema.half_life_kimg, cfg.ema.rampup) if cfg.ema.enabled else None
 
+    @torch.no_grad()
+    def prepare(self, train_set, max_images: int = 512) -> str | None:
+        """Before the first step of a fresh run: set the generator's template prior (when configured) to the
+        mean of up to ``max_images`` evenly spaced clean training faces. Resumed runs load it instead."""
+        gen = self.model.generator
+        if gen.template is None:
+            return None
+        n = len(train_set)
+        idx = torch.linspace(0, n - 1, min(n, max_images)).round().long().unique().tolist()
+        mean = torch.stack([train_set[i]["clean"] for i in idx]).mean(dim=0)
+        gen.init_template(mean)
+        if self.ema is not None:
+            self.ema.model.generator.init_template(mean)
+        return f"generator template initialised from the mean of {len(idx)} training faces"
+
     # ------------------------------------------------------------------------------------------
 
     def live_model(self) -> nn.Module:
