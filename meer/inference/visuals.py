@@ -25,3 +25,21 @@ def comparison_strip(crop: np.ndarray, occ_map: np.ndarray, restored: np.ndarray
     h = crop.shape[0]
     sep = np.full((h, gap, 3), 255, dtype=np.uint8)
     return np.concatenate([crop, sep, overlay(crop, occ_map), sep, restored], axis=1)
+
+
+def pixelate(image: np.ndarray, cells: int = 12) -> np.ndarray:
+    """A mosaic of ``cells x cells`` flat blocks (block means), same size and dtype as ``image`` (``H x W`` or
+    ``H x W x C``). Used where a figure shows photos whose terms forbid redistribution: pose, lighting and the
+    mask stay visible, the person does not."""
+    if cells < 1:
+        raise ValueError(f"cells must be >= 1, got {cells}")
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    ys = np.linspace(0, h, min(cells, h) + 1).round().astype(int)
+    xs = np.linspace(0, w, min(cells, w) + 1).round().astype(int)
+    out = np.empty_like(img)
+    for y0, y1 in zip(ys[:-1], ys[1:]):
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            block = img[y0:y1, x0:x1]
+            out[y0:y1, x0:x1] = block.reshape(-1, *img.shape[2:]).mean(axis=0).round().astype(img.dtype)
+    return out
