@@ -332,3 +332,17 @@ def test_time_limit_stops_with_checkpoint_and_cli_resume_continues(dataset, tmp_
     assert "resumed from" in (first.run_dir / "log.txt").read_text()
     code = train_main(["--resume", str(tmp_path / "nothing-here")])
     assert code == 2 and "no such run directory" in capsys.readouterr().err
+
+
+def test_template_prior_is_initialised_from_the_training_faces_on_a_fresh_run(dataset, tmp_path):
+    from meer.models.checkpoint import load_meer
+
+    result = train(tiny(dataset, tmp_path, "model.gen_template=true", "stop_at_step=2"))
+    assert "generator template initialised from the mean of" in (result.run_dir / "log.txt").read_text()
+    model, _ = load_meer(result.export)
+    template = (model.generator.template.float()[0] + 1) / 2  # [0, 1]
+    faces = [np.asarray(Image.open(p).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.float32) / 255
+             for p in sorted(dataset.rglob("*.png"))]
+    mean = torch.from_numpy(np.mean(faces, axis=0)).permute(2, 0, 1)
+    assert template.std() > 0.01  # not the zero initialisation
+    assert (template - mean).abs().mean() < 0.05  # the mean face (two small steps later; train split only)
