@@ -18,6 +18,20 @@ SHIPPED = weights.REPO_ROOT / "checkpoints" / weights.CHECKPOINT_NAME
 pytestmark = pytest.mark.skipif(not SHIPPED.is_file(), reason=f"no shipped checkpoint at {SHIPPED}")
 
 
+def test_shipped_checkpoint_is_small_and_loads_with_weights_only():
+    import torch
+
+    assert SHIPPED.stat().st_size < 50 * 2**20
+    state = torch.load(SHIPPED, map_location="cpu", weights_only=True)
+    from meer.models.checkpoint import load_meer
+
+    model, meta = load_meer(SHIPPED)
+    assert meta["step"] > 0 and model.cfg.image_size == 112
+    sd = state["state_dict"]
+    assert any(k.startswith("generator.") for k in sd) and any(k.startswith("decoupling.") for k in sd)
+    assert all(v.dtype == torch.float16 for v in sd.values() if v.is_floating_point())
+
+
 def test_shipped_checkpoint_restores_a_synthetic_mask(astronaut_path):
     from meer.faces.detect import FaceDetector
     from meer.inference.loading import load_restorer
@@ -45,7 +59,7 @@ def test_shipped_checkpoint_restores_a_synthetic_mask(astronaut_path):
     m = masked.mask
     err_masked = np.abs(photo.rgb[m].astype(float) - clean.rgb[m]).mean()
     err_restored = np.abs(res.rgb[m].astype(float) - clean.rgb[m]).mean()
-    assert err_restored < err_masked, f"restored L1 {err_restored:.1f} vs masked {err_masked:.1f}"
+    assert err_restored < 0.8 * err_masked, f"restored L1 {err_restored:.1f} vs masked {err_masked:.1f}"
     assert face.id_cosine > 0.3
     # unmasked pixels far from the mask are untouched
     far = cv2.dilate(m.astype(np.uint8), np.ones((41, 41), np.uint8)) == 0

@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         cmp_dir = restore_demo(out, checkpoint, args.seed)
         print(f"meer demo: restored with {checkpoint}")
-        print(f"meer demo: compare images (masked | restored) are in {cmp_dir}")
+        for path in sorted(cmp_dir.glob("*.png")):
+            print(f"meer demo: compare image (masked crop | predicted occlusion | restored crop): {path}")
+        print(f"meer demo: the full restored photo is in {out / 'restored' / 'restored_imgs'}")
     return 0
 
 
