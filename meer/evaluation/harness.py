@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -236,8 +237,10 @@ def rank1_block(emb: dict, judge: Judge, views: Views, data: EvalData, source: s
     return out
 
 
-def run_evaluation(opts: EvalOptions, comp: Components) -> dict:
-    """Run everything and write the report folder; returns the results dict (also ``results.json``)."""
+def run_evaluation(opts: EvalOptions, comp: Components, on_views: Callable[[Views], None] | None = None) -> dict:
+    """Run everything and write the report folder; returns the results dict (also ``results.json``).
+    ``on_views`` receives the :class:`Views` (every canvas scored) once they are built, for callers that look at
+    single pairs afterwards (``meer.evaluation.plots.run_keeping_views``)."""
     t0 = time.time()
     from meer.evaluation.report import write_outputs
 
@@ -262,6 +265,8 @@ def run_evaluation(opts: EvalOptions, comp: Components) -> dict:
     if not faces:
         raise MeerError(f"no face found in any image under {opts.data}")
     views = Views(faces, data)
+    if on_views is not None:
+        on_views(views)
     keys = {p: im.key for p, im in data.images.items()}
 
     sources = []

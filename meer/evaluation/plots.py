@@ -264,20 +264,9 @@ def run_keeping_views(opts: "EvalOptions", comp: "Components") -> EvalRun:
     from meer.evaluation import harness
 
     kept: list = []
-    base = harness.Views
-
-    class KeptViews(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            kept.append(self)
-
-    harness.Views = KeptViews
-    try:
-        results = harness.run_evaluation(opts, comp)
-    finally:
-        harness.Views = base
+    results = harness.run_evaluation(opts, comp, on_views=kept.append)
     if len(kept) != 1:
-        raise RuntimeError(f"run_evaluation built {len(kept)} Views objects, expected 1 (harness changed?)")
+        raise RuntimeError(f"run_evaluation reported {len(kept)} Views objects, expected 1")
     views = kept[0]
     pairs_path = opts.pairs if opts.pairs is not None else opts.out / "pairs.txt"
     pairs = read_pairs(pairs_path, views.data.files).pairs
