@@ -11,14 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import matplotlib
 import matplotlib.ticker
+import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves; notebooks keep their inline backend
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from meer.evaluation.metrics import roc_auc, roc_curve  # noqa: E402
+from meer.evaluation.metrics import roc_auc, roc_curve
 
 if TYPE_CHECKING:
     from meer.data.pairs import Pair
