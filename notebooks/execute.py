@@ -40,8 +40,7 @@ def execute(path: Path, out: Path, small: bool, timeout: int = 600) -> float:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()
     except CellExecutionError as e:
-        first = next((line for line in str(e).splitlines() if "Error" in line), str(e).splitlines()[-1])
-        raise RuntimeError(f"{path.name}: a cell failed: {first.strip()}") from None
+        raise RuntimeError(f"{path.name}: a cell failed: {e.ename}: {e.evalue}") from None
     finally:
         if old is None:
             os.environ.pop(SMALL_ENV, None)
