@@ -145,12 +145,7 @@ def roc_grid(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], ncols:
         draw_roc(ax, curves, min_far=min_far, auc=True, colors=colors)
         ax.set_title(name, fontsize=9)
         ax.legend(fontsize=6.5, loc="lower right")
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return _finish_grid(fig, axes, len(panels), title)
 
 
 def histogram_grid(curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str, ncols: int = 4,
@@ -170,7 +165,12 @@ def histogram_grid(curves: dict[str, tuple[np.ndarray, np.ndarray]], xlabel: str
         ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6.5)
-    for ax in axes.ravel()[len(curves):]:
+    return _finish_grid(fig, axes, len(curves), title)
+
+
+def _finish_grid(fig, axes, used: int, title: str | None):
+    """Blank the unused panels of a grid, add the title, lay it out."""
+    for ax in axes.ravel()[used:]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
