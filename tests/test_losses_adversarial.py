@@ -53,3 +53,16 @@ def test_r1_on_a_quadratic_discriminator_and_tuple_inputs():
     assert r1_penalty(logits, (x, y)).item() == pytest.approx(expected.item())
     with pytest.raises(ValueError, match="requires_grad"):
         r1_penalty(F.relu(torch.ones(1)), torch.ones(1))
+
+
+def test_r1_of_a_patch_map_uses_the_per_image_mean_score():
+    # a "PatchGAN" whose every output logit is the same linear function of the image: the per-image score is that
+    # function, so the penalty must not depend on how many patches the map has
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, 4)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    one = (x * w).sum((1, 2, 3))
+    for patches in (1, 4, 9):
+        side = int(patches ** 0.5)
+        logits = one.view(2, 1, 1, 1).expand(2, 1, side, side)
+        assert r1_penalty(logits, x).item() == pytest.approx(w.square().sum().item(), rel=1e-5)

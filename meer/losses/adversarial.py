@@ -45,6 +45,10 @@ def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor | Sequence[t
     inputs = (real_images,) if isinstance(real_images, torch.Tensor) else tuple(real_images)
     if not all(t.requires_grad for t in inputs):
         raise ValueError("r1_penalty: call real_images.requires_grad_(True) before running the discriminator")
-    grads = torch.autograd.grad(real_logits.float().sum(), inputs, create_graph=True)
+    # R1 (Mescheder et al. 2018) penalises the gradient of one real/fake score per image. A PatchGAN gives a map of
+    # logits; summing them would scale the penalty with the square of the number of patches (169 at 112 px with 3
+    # layers), which pinned the patch D of the first CPU runs at a constant output. Its score is the map's mean.
+    per_image = real_logits.float().flatten(1).mean(1) if real_logits.dim() > 1 else real_logits.float()
+    grads = torch.autograd.grad(per_image.sum(), inputs, create_graph=True)
     per_sample = sum(g.float().square().flatten(1).sum(1) for g in grads)
     return per_sample.mean()
