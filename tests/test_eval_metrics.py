@@ -187,3 +187,17 @@ def test_fold_bootstrap_ci_brackets_the_kfold_estimate_with_unequal_folds():
     per_fold = np.mean([correct[folds == f].mean() for f in range(10)])
     assert lo < per_fold < hi and hi - lo < 0.15
     assert M.fold_bootstrap_ci(correct, folds) == (lo, hi)
+
+
+def test_verification_summary_honours_the_bootstrap_count():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([True, False], 100)
+    scores = np.where(labels, 0.6, 0.4) + rng.normal(0, 0.15, 200)
+    folds = np.tile(np.arange(10), 20)
+    a = M.verification_summary(scores, labels, folds, bootstrap=1000)
+    b = M.verification_summary(scores, labels, folds, bootstrap=1000)
+    c = M.verification_summary(scores, labels, folds, bootstrap=20)
+    assert a["accuracy_ci95"] == b["accuracy_ci95"]  # fixed seed
+    assert c["accuracy_ci95"] != a["accuracy_ci95"]  # a different number of resamples is really used
+    assert c["accuracy_ci95"] == list(M.fold_bootstrap_ci(
+        M.kfold_accuracy(scores, labels, folds).correct, folds, n=20, seed=0))

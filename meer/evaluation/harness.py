@@ -190,7 +190,7 @@ def score_condition(emb: dict, judge: Judge, views: Views, source: str, conditio
     try:
         if np.unique(f).size < 2:
             raise MetricError("fewer than 2 folds have scored pairs")
-        res.update(verification_summary(s, y, f, seed=opts.seed))
+        res.update(verification_summary(s, y, f, seed=opts.seed, bootstrap=opts.bootstrap))
     except MetricError as exc:
         res["error"] = str(exc)
     return res

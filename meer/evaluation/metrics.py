@@ -177,11 +177,13 @@ def fold_bootstrap_ci(correct: np.ndarray, folds: np.ndarray, n: int = 1000, lev
     return float(lo), float(hi)
 
 
-def verification_summary(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, seed: int = 0) -> dict:
-    """Every verification number the report shows, as plain floats (JSON-ready)."""
+def verification_summary(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray, seed: int = 0,
+                         bootstrap: int = 1000) -> dict:
+    """Every verification number the report shows, as plain floats (JSON-ready); ``bootstrap`` resamples for the
+    accuracy interval."""
     scores, labels = _split(scores, labels)
     kf = kfold_accuracy(scores, labels, folds)
-    lo, hi = fold_bootstrap_ci(kf.correct, np.asarray(folds).ravel(), seed=seed)
+    lo, hi = fold_bootstrap_ci(kf.correct, np.asarray(folds).ravel(), n=bootstrap, seed=seed)
     tar2, _ = tar_at_far(scores, labels, 1e-2)
     tar3, _ = tar_at_far(scores, labels, 1e-3)
     return {
