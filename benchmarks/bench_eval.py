@@ -21,15 +21,12 @@ sys.path.insert(0, str(REPO))
 
 from meer.cli.eval import main as meer_eval  # noqa: E402
 from meer.data.splits import shared_data_root  # noqa: E402
+from meer.evaluation.report import accuracy_cell, gap_cell, pct  # noqa: E402
 
 RUNS = {
     "lfw": ("faces/lfw", "splits/lfw_eval_identities.txt"),
     "rmfrd": ("real_masked_pairs/rmfrd", "splits/rmfrd_eval_identities.txt"),
 }
-
-
-def pct(v, d=1):
-    return "n/a" if v is None else f"{100 * v:.{d}f}"
 
 
 def summarize(name: str, res: dict) -> list[str]:
@@ -48,12 +45,9 @@ def summarize(name: str, res: dict) -> list[str]:
             L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | n/a ({v.get('error')}) "
                      f"| | | | {v['pairs_scored']} | {pct(v['fte_rate'])} | |")
             continue
-        lo, hi = v["accuracy_ci95"]
-        gap = v.get("gap_recovered")
-        gap_s = "" if v["condition"] != "restored-vs-clean" else ("n/a" if gap is None else f"{100 * gap:+.0f}%")
-        L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {pct(v['accuracy'])} "
-                 f"({pct(lo)}-{pct(hi)}) | {v['auc']:.3f} | {pct(v['eer'])} | {pct(v['tar_at_far_1e-2'])} | "
-                 f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_s} |")
+        L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {accuracy_cell(v)} | "
+                 f"{v['auc']:.3f} | {pct(v['eer'])} | {pct(v['tar_at_far_1e-2'])} | "
+                 f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_cell(v)} |")
     L += ["", "| masks | judge | probes | rank-1 % (95% CI) | probes scored |", "|---|---|---|---|---|"]
     for x in res["rank1"]:
         for k, v in x.items():

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves;
 import numpy as np
 
 from meer.evaluation.metrics import roc_auc, roc_curve
+from meer.evaluation.report import accuracy_cell, curve_label, gap_cell, pct, tar_cell
 
 if TYPE_CHECKING:
     from meer.data.pairs import Pair
@@ -103,10 +104,6 @@ def load_scores(report_dir: str | Path) -> dict[ScoreKey, tuple[np.ndarray, np.n
     return out
 
 
-def curve_label(condition: str, method: str) -> str:
-    return condition if not condition.startswith("restored") else f"{condition} [{method}]"
-
-
 def roc_panels(score_sets: dict[ScoreKey, tuple[np.ndarray, np.ndarray]], prefix: str = "",
                conditions: Sequence[str] | None = None) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Curves grouped one panel per (mask source, judge): ``{panel title: {curve label: (scores, genuine)}}``.
@@ -178,10 +175,6 @@ def _finish_grid(fig, axes, used: int, title: str | None):
     return fig
 
 
-def _pct(v) -> str:
-    return "n/a" if v is None else f"{100 * v:.1f}"
-
-
 def headline_table(reports: dict[str, dict], skip_none_restored: bool = True) -> str:
     """A plain-text table of the headline numbers of one or more ``results.json`` dicts (``{data name: results}``):
     10-fold accuracy with its 95% interval, AUC, EER, TAR at FAR 1e-2 / 1e-3 (``*``: fewer impostor pairs than
@@ -197,16 +190,11 @@ def headline_table(reports: dict[str, dict], skip_none_restored: bool = True) ->
             if "accuracy" not in v:
                 err = str(v.get("error", "not scored"))
                 rows.append(row + [f"n/a: {err[:40]}", "", "", "", "", f"{v.get('pairs_scored', 0)} pairs",
-                                   _pct(v.get("fte_rate")), ""])
+                                   pct(v.get("fte_rate")), ""])
                 continue
-            lo, hi = v["accuracy_ci95"]
-            tars = []
-            for far, key in ((1e-2, "tar_at_far_1e-2"), (1e-3, "tar_at_far_1e-3")):
-                tars.append(_pct(v[key]) + ("*" if v["impostor"] * far < 1 else ""))
-            gap = v.get("gap_recovered")
-            gap_s = "" if v["condition"] != "restored-vs-clean" else ("n/a" if gap is None else f"{100 * gap:+.0f}%")
-            rows.append(row + [f"{_pct(v['accuracy'])} ({_pct(lo)}-{_pct(hi)})", f"{v['auc']:.3f}", _pct(v["eer"]),
-                               *tars, f"{v['genuine']}/{v['impostor']}", _pct(v["fte_rate"]), gap_s])
+            rows.append(row + [accuracy_cell(v), f"{v['auc']:.3f}", pct(v["eer"]), tar_cell(v, 1e-2)[0],
+                               tar_cell(v, 1e-3)[0], f"{v['genuine']}/{v['impostor']}", pct(v["fte_rate"]),
+                               gap_cell(v)])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

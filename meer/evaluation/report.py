@@ -13,12 +13,35 @@ SOURCE_TITLE = {"synthetic": "synthetic masks (fixed seed, pixel ground truth)",
                 "real": "real masked photos (no pixel ground truth)"}
 
 
-def _pct(v, digits: int = 1) -> str:
+def pct(v, digits: int = 1) -> str:
+    """A rate as a percentage string, ``"n/a"`` for ``None``."""
     return "n/a" if v is None else f"{100 * v:.{digits}f}"
 
 
-def _label(cond: str, method: str) -> str:
-    return cond if not cond.startswith("restored") else f"{cond} [{method}]"
+def curve_label(condition: str, method: str) -> str:
+    """``condition``, with the method appended for the restored conditions."""
+    return condition if not condition.startswith("restored") else f"{condition} [{method}]"
+
+
+def accuracy_cell(v: dict) -> str:
+    """``"92.8 (92.2-93.5)"``: a verification row's 10-fold accuracy with its 95% interval."""
+    lo, hi = v["accuracy_ci95"]
+    return f"{pct(v['accuracy'])} ({pct(lo)}-{pct(hi)})"
+
+
+def gap_cell(v: dict) -> str:
+    """The gap recovered, shown on ``restored-vs-clean`` rows only."""
+    if v["condition"] != "restored-vs-clean":
+        return ""
+    gap = v.get("gap_recovered")
+    return "n/a" if gap is None else f"{100 * gap:+.0f}%"
+
+
+def tar_cell(v: dict, far: float) -> tuple[str, bool]:
+    """TAR at ``far`` (1e-2 or 1e-3) as a percentage, and whether it is coarse: fewer impostor pairs than 1/FAR,
+    so no threshold resolves that FAR and the rate is measured at zero false accepts (marked ``*``)."""
+    coarse = v["impostor"] * far < 1
+    return pct(v[f"tar_at_far_{far:.0e}".replace("e-0", "e-")]) + ("*" if coarse else ""), coarse
 
 
 def write_outputs(results: dict, score_sets: dict, views, embeddings: dict, comp, data, opts) -> None:
@@ -29,7 +52,7 @@ def write_outputs(results: dict, score_sets: dict, views, embeddings: dict, comp
     for source in (results["sources"] if opts.plots else []):
         judge_names = sorted({k[1] for k in score_sets if k[0] == source})
         for jn in judge_names:
-            curves = {_label(c, m): v for (s, j, c, m), v in score_sets.items()
+            curves = {curve_label(c, m): v for (s, j, c, m), v in score_sets.items()
                       if s == source and j == jn and (c != "restored-vs-clean" or m != "none")
                       and (c != "restored-vs-restored" or m != "none")}
             if not curves:
@@ -102,7 +125,7 @@ def render_markdown(r: dict) -> str:
                                                              if p.get("dropped") else ""))
     e = r["enrolment"]
     L.append(f"- meer's detector found a face in {e['images_with_face']} images; {e['failures']} failures to enrol "
-             f"({_pct(e['fte_rate_detector'])}%)" + (": " + "; ".join(e["failed_examples"]) if e["failures"] else ""))
+             f"({pct(e['fte_rate_detector'])}%)" + (": " + "; ".join(e["failed_examples"]) if e["failures"] else ""))
     L.append(f"- methods: {', '.join(r['methods'] + r['embedding_methods'])}; judges: {', '.join(r['judges']) or 'none'}; "
              f"seed {r['seed']}; {r['seconds']} s")
     for n in r["notes"]:
@@ -127,21 +150,14 @@ def render_markdown(r: dict) -> str:
                 if v["source"] != source or v["judge"] != j:
                     continue
                 if "accuracy" in v:
-                    ci = v["accuracy_ci95"]
-                    acc = f"{_pct(v['accuracy'])} ({_pct(ci[0])}-{_pct(ci[1])})"
-                    gap = v.get("gap_recovered")
-                    gap_s = "" if v["condition"] != "restored-vs-clean" else ("n/a" if gap is None else f"{100 * gap:+.0f}%")
-                    tars = []
-                    for far in (1e-2, 1e-3):
-                        coarse = v["impostor"] * far < 1  # fewer impostors than 1/FAR: measured at FAR = 0
-                        footnote |= coarse
-                        tars.append(_pct(v[f"tar_at_far_{far:.0e}".replace("e-0", "e-")]) + ("*" if coarse else ""))
-                    L.append(f"| {v['condition']} | {v['method']} | {acc} | {v['auc']:.3f} | {_pct(v['eer'])} | "
-                             f"{tars[0]} | {tars[1]} | "
-                             f"{v['genuine']}/{v['impostor']} | {_pct(v['fte_rate'])} | {gap_s} |")
+                    (tar2, coarse2), (tar3, coarse3) = tar_cell(v, 1e-2), tar_cell(v, 1e-3)
+                    footnote |= coarse2 or coarse3
+                    L.append(f"| {v['condition']} | {v['method']} | {accuracy_cell(v)} | {v['auc']:.3f} | "
+                             f"{pct(v['eer'])} | {tar2} | {tar3} | "
+                             f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_cell(v)} |")
                 else:
                     L.append(f"| {v['condition']} | {v['method']} | n/a ({v.get('error')}) | | | | | "
-                             f"{v['pairs_scored']} | {_pct(v['fte_rate'])} | |")
+                             f"{v['pairs_scored']} | {pct(v['fte_rate'])} | |")
             if footnote:
                 L += ["", "\\* fewer impostor pairs than 1/FAR: no threshold can be resolved at that FAR, the rate is "
                       "measured at zero false accepts instead (a lower bound)."]
@@ -156,7 +172,7 @@ def render_markdown(r: dict) -> str:
                     continue
                 for k, v in x.items():
                     if isinstance(v, dict):
-                        val = (f"{_pct(v['rank1'])} ({_pct(v['rank1_ci95'][0])}-{_pct(v['rank1_ci95'][1])})"
+                        val = (f"{pct(v['rank1'])} ({pct(v['rank1_ci95'][0])}-{pct(v['rank1_ci95'][1])})"
                                if "rank1" in v else "n/a")
                         L.append(f"| {x['judge']} | {k} (gallery {x['gallery']}) | {val} | {v['probes_scored']} / {v['fte']} |")
             L.append("")
@@ -187,7 +203,7 @@ def render_markdown(r: dict) -> str:
             L += ["### detectability: share of faces dlib's HOG detector finds again", "",
                   "| " + " | ".join(k for k in d if k not in ("source", "images")) + " |",
                   "|" + "---|" * (len(d) - 2),
-                  "| " + " | ".join(f"{_pct(v)}%" for k, v in d.items() if k not in ("source", "images")) + " |", ""]
+                  "| " + " | ".join(f"{pct(v)}%" for k, v in d.items() if k not in ("source", "images")) + " |", ""]
         for fig in r.get("figures", {}).get(source, []):
             L.append(f"![ROC {fig['judge']}]({fig['roc']}) ![scores {fig['judge']}]({fig['hist']})")
         for key, g in r.get("grids", {}).items():
