@@ -120,8 +120,7 @@ def feature_attention(model: nn.Module, images: torch.Tensor) -> dict[str, torch
     _check_eval(model)
     x = to_tensor(images, _device(model))
     model._check(x)
-    feats = model.encoder(x * 2.0 - 1.0)
-    dec = model.decoupling(feats, tuple(x.shape[-2:]))
+    feats, dec, _ = model._recognize(x)
     deep = feats[-1]
     f = model.decoupling.id_proj(deep).float()  # B x C x h x w
     b, c, h, w = f.shape
@@ -190,13 +189,12 @@ def restore_with_codes(model: nn.Module, masked: torch.Tensor, id_codes: torch.T
     for z in code_sets:
         if z.shape != (x.shape[0], model.cfg.id_dim):
             raise ValueError(f"id_codes must be {x.shape[0]} x {model.cfg.id_dim}, got {tuple(z.shape)}")
-    feats = model.encoder(x * 2.0 - 1.0)
-    dec = model.decoupling(feats, tuple(x.shape[-2:]))
+    feats, dec, _ = model._recognize(x)
     m = mask_tensor(mask).to(dev) if mask is not None else model.composite_mask(dec["occ_map"])
     out = []
     for z in code_sets:
-        generated = model.generator(feats, z.to(feats[-1].dtype), 1.0 - m, x * 2.0 - 1.0)
-        out.append({"restored": model.composite(generated, x, m), "generated": generated, "composite_mask": m})
+        generated, restored = model.generate(feats, z.to(feats[-1].dtype), m, x)
+        out.append({"restored": restored, "generated": generated, "composite_mask": m})
     return out if many else out[0]
 
 

@@ -197,8 +197,7 @@ class MEER(nn.Module):
         g_feats, g_code = feats, id_code
         if not self.cfg.gen_grad_to_encoder:
             g_feats, g_code = [f.detach() for f in feats], id_code.detach()
-        generated = self.generator(g_feats, g_code, 1.0 - m, masked * 2.0 - 1.0)
-        restored = self.composite(generated, masked, m)
+        generated, restored = self.generate(g_feats, g_code, m, masked)
         out = MEEROutput(
             occ_logits=dec["occ_logits"], occ_map=dec["occ_map"], id_code=id_code, occ_code=dec["occ_code"],
             embedding=embedding, generated=generated, restored=restored, composite_mask=m,
@@ -207,6 +206,14 @@ class MEER(nn.Module):
             self._check(clean, "clean")
             out.embedding_restored, out.embedding_clean = self.id_embeddings(restored, clean)
         return out
+
+    def generate(self, feats: list[torch.Tensor], id_code: torch.Tensor, m: torch.Tensor,
+                 masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(generated, restored)``: the generator's output from encoder features ``feats`` and an identity code,
+        and its composite into ``masked`` where ``m`` (1 = replace). ``forward`` calls it with the face's own code;
+        passing another face's code is the identity-code swap (``meer.inference.inspect``)."""
+        generated = self.generator(feats, id_code, 1.0 - m, masked * 2.0 - 1.0)
+        return generated, self.composite(generated, masked, m)
 
     def id_embeddings(self, restored: torch.Tensor, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of the restored and the clean faces (one batch through the recognizer).
