@@ -24,6 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from meer.evaluation.quality import photo_region_errors  # noqa: E402
 from meer.faces.detect import FaceDetector, largest  # noqa: E402
 from meer.inference.loading import load_restorer  # noqa: E402
 from meer.masking import apply_mask  # noqa: E402
@@ -44,11 +45,6 @@ SPECS = [
 ]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10.0 * np.log10(255.0**2 / max(mse, 1e-12))
-
-
 def sweep(restorer, detector) -> list[dict]:
     rows = []
     for name in FACES:
@@ -64,13 +60,13 @@ def sweep(restorer, detector) -> list[dict]:
             f = res.faces[0]
             truth = cv2.warpAffine(masked.mask.astype(np.float32), f.matrix, (112, 112)) > 0.5
             pred = f.occ_map > 0.5
-            m = masked.mask
+            before = photo_region_errors(masked.image, clean, masked.mask)
+            after = photo_region_errors(res.rgb, clean, masked.mask)
             rows.append({
                 **row, "status": f.status,
                 "iou": float((truth & pred).sum() / max(1, (truth | pred).sum())),
-                "l1_masked": float(np.abs(masked.image[m].astype(float) - clean[m]).mean()),
-                "l1_restored": float(np.abs(res.rgb[m].astype(float) - clean[m]).mean()),
-                "psnr_masked": psnr(masked.image[m], clean[m]), "psnr_restored": psnr(res.rgb[m], clean[m]),
+                "l1_masked": before["l1"], "l1_restored": after["l1"],
+                "psnr_masked": before["psnr"], "psnr_restored": after["psnr"],
                 "id_cosine": f.id_cosine,
                 "_crop": f.crop, "_occ": f.occ_map, "_restored": f.restored,
                 "_clean": cv2.warpAffine(clean, f.matrix, (112, 112), flags=cv2.INTER_LINEAR),

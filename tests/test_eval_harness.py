@@ -267,6 +267,24 @@ def test_region_scores_by_hand():
     assert np.isnan(region_scores(clean, clean, np.zeros_like(mask))["psnr_mask"][0])
 
 
+def test_photo_region_errors_by_hand():
+    from meer.evaluation.quality import photo_region_errors
+
+    clean = np.full((40, 60, 3), 100, np.uint8)
+    image = clean.copy()
+    mask = np.zeros((40, 60), bool)
+    mask[10:20, 10:30] = True
+    image[10:20, 10:20] = 110  # half the masked pixels off by 10, the other half exact
+    e = photo_region_errors(image, clean, mask)
+    assert e["l1"] == pytest.approx(5.0)
+    assert e["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 50.0))
+    assert photo_region_errors(clean, clean, mask)["psnr"] == pytest.approx(100.0)  # capped like region_scores
+    image[30, 50] = 0  # outside the mask: ignored
+    assert photo_region_errors(image, clean, mask)["l1"] == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="empty mask"):
+        photo_region_errors(image, clean, np.zeros_like(mask))
+
+
 def test_eum_method_wraps_the_judge_it_was_trained_on(tmp_path):
     import torch
 

@@ -48,6 +48,19 @@ def region_scores(restored: np.ndarray, clean: np.ndarray, masks: np.ndarray, ba
     return {k: torch.cat(v).numpy().astype(np.float64) if v else np.zeros(0) for k, v in out.items()}
 
 
+def photo_region_errors(image: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """How far ``image`` is from ``clean`` inside ``mask`` (``H x W`` bool), for whole uint8 photos: ``l1`` (mean
+    absolute error in 8-bit levels) and ``psnr`` (dB, from the masked pixels' MSE, capped at 100 dB like
+    :func:`region_scores`). Used on masked and restored photos alike (model card, notebook 01)."""
+    if image.shape != clean.shape or image.shape[:2] != mask.shape:
+        raise ValueError(f"shapes differ: image {image.shape}, clean {clean.shape}, mask {mask.shape}")
+    if not mask.any():
+        raise ValueError("empty mask: no region to compare")
+    diff = image[mask].astype(np.float64) - clean[mask].astype(np.float64)
+    mse = max(float(np.mean(diff ** 2)), 1e-10 * 255.0 ** 2)
+    return {"l1": float(np.abs(diff).mean()), "psnr": 10.0 * float(np.log10(255.0 ** 2 / mse))}
+
+
 def lpips_trunk_available() -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE).is_file()
 
