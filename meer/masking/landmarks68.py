@@ -6,30 +6,23 @@ from 5 points. The model file is ``shape_predictor_68_face_landmarks.dat`` from 
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from meer.utils import dlib_models
 from meer.utils.errors import MeerError
 
 log = logging.getLogger(__name__)
-MODEL_NAME = "shape_predictor_68_face_landmarks.dat"
+MODEL_NAME = dlib_models.SHAPE_68
 
 
 def find_predictor() -> Path | None:
     """Path of the 68-point model if dlib and face_recognition_models are installed, else None."""
-    if importlib.util.find_spec("dlib") is None:
+    if not dlib_models.dlib_available() or not dlib_models.has_dlib_models(MODEL_NAME):
         return None
-    try:
-        spec = importlib.util.find_spec("face_recognition_models")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "models" / MODEL_NAME
-    return path if path.is_file() else None
+    return dlib_models.dlib_model_path(MODEL_NAME)
 
 
 class Landmarks68:
