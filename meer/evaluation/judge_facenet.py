@@ -15,18 +15,8 @@ import torch
 
 from meer.evaluation.geometry import box_from_template
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.utils.errors import MeerError
-
-WEIGHTS_FILE = "20180402-114759-vggface2.pt"
-#: MTCNN's box on clean faces in ArcFace-112 pixels (mean over 80 LFW faces placed on the canvas)
-MTCNN_BOX_112 = (16.3, 11.5, 95.2, 116.6)
-
-
-def facenet_weights_path() -> Path:
-    """Where facenet-pytorch caches its VGGFace2 weights (may not exist)."""
-    from facenet_pytorch.models.inception_resnet_v1 import get_torch_home
-
-    return Path(get_torch_home()) / "checkpoints" / WEIGHTS_FILE
+from meer.faces.template import MTCNN_BOX_112
+from meer.models.facenet import WEIGHTS_FILE, facenet_weights_path, load_facenet  # noqa: F401 - re-exported
 
 
 class FacenetJudge(Judge):
@@ -38,13 +28,7 @@ class FacenetJudge(Judge):
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, model: torch.nn.Module | None = None,
                  weights: str | Path | None = None):
         if model is None:
-            path = Path(weights) if weights is not None else facenet_weights_path()
-            if not path.is_file():
-                raise MeerError(f"facenet VGGFace2 weights not found at {path} (not downloaded during evaluation)")
-            from facenet_pytorch import InceptionResnetV1
-
-            model = InceptionResnetV1(pretrained=None, classify=False)
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model, path = load_facenet(weights)
             self.cache_key = f"facenet-vggface2-{path.stat().st_size}"
         else:
             self.cache_key = f"facenet-custom-{id(model)}"
