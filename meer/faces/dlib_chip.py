@@ -18,6 +18,7 @@ dlib's own chips, ahead of zeros and border; see docs/dlib_resnet.md).
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,16 +78,25 @@ def chip_points(points: np.ndarray, size: int = DLIB_CHIP_SIZE, padding: float =
     return pts @ inv[:, :2].T + inv[:, 2]
 
 
+def template_to_chip_matrix(scale: float = 1.0, offset: float = 0.0, size: int = DLIB_CHIP_SIZE,
+                            padding: float = DLIB_CHIP_PADDING, points_112: np.ndarray = DLIB_POINTS_112) -> np.ndarray:
+    """``(2, 3)`` chip pixels -> pixels of an image in which the ArcFace-112 template sits at
+    ``scale * p + offset`` (a crop of side S: ``scale = S / 112``; meer's evaluation canvas: 1.5, 28)."""
+    return dlib_chip_matrix(np.asarray(points_112, np.float64) * scale + offset, size, padding)
+
+
 def crop_to_chip_matrix(crop_size: int = 112, size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PADDING,
                         points_112: np.ndarray = DLIB_POINTS_112) -> np.ndarray:
     """``(2, 3)`` chip pixels -> pixels of a ``crop_size`` ArcFace crop (the template scaled with the crop)."""
-    return dlib_chip_matrix(np.asarray(points_112, np.float64) * (crop_size / 112.0), size, padding)
+    return template_to_chip_matrix(crop_size / 112.0, 0.0, size, padding, points_112)
 
 
 def chip_grid(crop_size: int = 112, size: int = DLIB_CHIP_SIZE, padding: float = DLIB_CHIP_PADDING,
-              points_112: np.ndarray = DLIB_POINTS_112) -> torch.Tensor:
-    """``1 x size x size x 2`` sampling grid for ``F.grid_sample(..., align_corners=False)``."""
-    m = crop_to_chip_matrix(crop_size, size, padding, points_112)
+              points_112: np.ndarray = DLIB_POINTS_112, scale: float | None = None, offset: float = 0.0) -> torch.Tensor:
+    """``1 x size x size x 2`` sampling grid for ``F.grid_sample(..., align_corners=False)`` on a
+    ``crop_size`` square image whose template sits at ``scale * p + offset`` (default: a crop)."""
+    scale = crop_size / 112.0 if scale is None else scale
+    m = template_to_chip_matrix(scale, offset, size, padding, points_112)
     ys, xs = np.meshgrid(np.arange(size, dtype=np.float64), np.arange(size, dtype=np.float64), indexing="ij")
     src_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
     src_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
@@ -98,17 +108,48 @@ def chip_grid(crop_size: int = 112, size: int = DLIB_CHIP_SIZE, padding: float =
 _GRIDS: dict[tuple, torch.Tensor] = {}
 
 
+def aligned_to_dlib_chips(x: torch.Tensor, scale: float | None = None, offset: float = 0.0,
+                          padding_mode: str = "reflection", size: int = DLIB_CHIP_SIZE) -> torch.Tensor:
+    """Square aligned images ``B x C x S x S`` whose ArcFace-112 template sits at ``scale * p + offset``
+    (default ``scale = S / 112``: an ArcFace crop) -> dlib chips ``B x C x size x size``; bilinear,
+    differentiable with respect to ``x``, on ``x``'s device and dtype."""
+    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        raise MeerError(f"aligned faces must be B x C x S x S, got {tuple(x.shape)}")
+    if padding_mode not in PADDING_MODES:
+        raise MeerError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
+    s = int(x.shape[-1])
+    scale = s / 112.0 if scale is None else float(scale)
+    key = (s, scale, float(offset), int(size), x.device, x.dtype)
+    grid = _GRIDS.get(key)
+    if grid is None:
+        grid = _GRIDS[key] = chip_grid(s, size, scale=scale, offset=offset).to(device=x.device, dtype=x.dtype)
+    return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode=padding_mode,
+                         align_corners=False)
+
+
 def crops112_to_dlib_chips(x: torch.Tensor, padding_mode: str = "reflection", size: int = DLIB_CHIP_SIZE) -> torch.Tensor:
     """ArcFace-aligned crops ``B x 3 x S x S`` (any S; 112 for meer's crops) in [0, 1] -> dlib chips
     ``B x 3 x size x size`` (bilinear; differentiable with respect to ``x``; same device and dtype).
     ``padding_mode``: how chip pixels outside the crop are filled (reflection, zeros, border)."""
-    if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
-        raise MeerError(f"crops must be B x C x S x S, got {tuple(x.shape)}")
-    if padding_mode not in PADDING_MODES:
-        raise MeerError(f"padding_mode must be one of {', '.join(PADDING_MODES)}, got {padding_mode!r}")
-    key = (int(x.shape[-1]), int(size), x.device, x.dtype)
-    grid = _GRIDS.get(key)
-    if grid is None:
-        grid = _GRIDS[key] = chip_grid(int(x.shape[-1]), size).to(device=x.device, dtype=x.dtype)
-    return F.grid_sample(x, grid.expand(x.shape[0], -1, -1, -1), mode="bilinear", padding_mode=padding_mode,
-                         align_corners=False)
+    return aligned_to_dlib_chips(x, padding_mode=padding_mode, size=size)
+
+
+def photo_to_dlib_chip(rgb: np.ndarray, image_to_crop: np.ndarray, crop_size: int = 112,
+                       size: int = DLIB_CHIP_SIZE) -> np.ndarray:
+    """dlib's chip (``size x size x 3`` uint8) cut straight from a photo, given meer's alignment matrix
+    (``image_to_crop``, 2 x 3, image -> ``crop_size`` ArcFace crop): no detour through the 112 crop, so
+    the chin below the crop is real and the face keeps the photo's resolution. Faces much larger than
+    the chip are first shrunk with area averaging (dlib uses an image pyramid there); zero outside."""
+    a = np.vstack([np.asarray(image_to_crop, np.float64), [0.0, 0.0, 1.0]])
+    chip_to_crop = np.vstack([crop_to_chip_matrix(crop_size, size), [0.0, 0.0, 1.0]])
+    m = (np.linalg.inv(a) @ chip_to_crop)[:2]  # chip -> photo
+    k = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # photo pixels per chip pixel
+    img = np.ascontiguousarray(rgb)
+    if k > 1.5:
+        h, w = img.shape[:2]
+        nw, nh = max(1, int(round(w / k))), max(1, int(round(h / k)))
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+        sx, sy = nw / w, nh / h
+        m = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]]) @ np.vstack([m, [0.0, 0.0, 1.0]])
+    return cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
