@@ -1,7 +1,7 @@
 """`meer-eval`: standard verification protocols for masked faces, judged by recognizers nobody here trained.
 
     meer-eval DATA --out REPORT_DIR [--pairs FILE] [--identities FILE] [--aligned]
-              [--methods none telea meer meer-embed eum] [--judges dlib meer facenet] [--checkpoint PATH]
+              [--methods none telea meer meer-embed eum] [--judges dlib dlib-torch meer facenet] [--checkpoint PATH]
     meer-eval make-pairs DATA --out pairs.txt [--identities FILE] [--folds 10] [--per-fold 300] [--seed 0]
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--aligned", action="store_true", help="DATA holds 112x112 ArcFace-aligned crops")
     p.add_argument("--methods", nargs="+", default=["none", "telea", "meer", "meer-embed", "eum"],
                    help="none telea meer meer-embed eum (unavailable ones are skipped with a note)")
-    p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"], help="dlib meer facenet")
+    p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"],
+                   help="dlib meer facenet (default), dlib-torch (dlib's network in PyTorch, batched)")
     p.add_argument("--checkpoint", type=Path, help="MEER checkpoint (default: $MEER_CHECKPOINT, shipped, cache)")
     p.add_argument("--eum", type=Path, help="EUM/SRT checkpoint for method eum (scored on the judge it was trained on)")
     p.add_argument("--seed", type=int, default=0, help="synthetic masks and generated pairs (default 0)")

@@ -11,7 +11,7 @@ from meer.evaluation.methods import MeerRestorer, NoRestore, TeleaRestorer
 from meer.utils.errors import MeerError
 
 METHODS = ("none", "telea", "meer", "meer-embed", "eum")
-JUDGES = ("dlib", "meer", "facenet")
+JUDGES = ("dlib", "dlib-torch", "meer", "facenet")
 
 
 def check_names(names: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
@@ -46,6 +46,13 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
                 notes.append(f"judge dlib skipped: {missing_reason()}")
             else:
                 comp.judges.append(dlib_judge)
+        elif j == "dlib-torch":
+            from meer.evaluation.judge_dlib_torch import DlibTorchJudge
+
+            try:
+                comp.judges.append(DlibTorchJudge(device=device))
+            except MeerError as exc:
+                notes.append(f"judge dlib-torch skipped: {exc}")
         elif j == "meer":
             if model is None:
                 notes.append(f"judge meer skipped: {model_note or 'no MEER model'}")

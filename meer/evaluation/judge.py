@@ -28,6 +28,9 @@ class Judge(ABC):
     metric: Literal["cosine", "euclidean"] = "cosine"
     #: identifies the weights: embeddings cached under another key are never reused
     cache_key: str = "judge"
+    #: the pretrained weights behind the judge (judges sharing them are not independent of each other,
+    #: nor of a model trained with a teacher of the same weights); "" = the judge's own
+    weights: str = ""
 
     @abstractmethod
     def embed(self, canvases: np.ndarray) -> JudgeOutput:

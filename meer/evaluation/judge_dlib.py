@@ -52,6 +52,7 @@ class DlibJudge(Judge):
 
     name = "dlib"
     metric = "euclidean"
+    weights = "dlib_face_recognition_resnet_model_v1"
 
     def __init__(self, max_landmark_error: float = 0.15, num_jitters: int = 0):
         d = dlib_model_dir()

@@ -24,6 +24,7 @@ class FacenetJudge(Judge):
 
     name = "facenet"
     metric = "cosine"
+    weights = "facenet-vggface2"
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, model: torch.nn.Module | None = None,
                  weights: str | Path | None = None):
