@@ -75,7 +75,7 @@ def test_rng_state_restores_every_generator(tmp_path):
         set_rng_state(load_state(tmp_path / "s.pt")["rng"], {"other": g})
 
 
-def test_ema_follows_half_life_and_copies_buffers():
+def test_ema_follows_half_life_and_averages_float_buffers():
     model = nn.BatchNorm1d(2)
     ema = EMA(model, half_life_kimg=0.004, rampup=None)  # 4 images
     assert ema.beta(batch_size=4, images_seen=100) == pytest.approx(0.5)
@@ -84,7 +84,8 @@ def test_ema_follows_half_life_and_copies_buffers():
         model.running_mean.fill_(7.0)
     ema.update(model, batch_size=4, images_seen=100)
     assert torch.allclose(ema.model.weight, torch.full((2,), 2.0))  # halfway
-    assert torch.equal(ema.model.running_mean, model.running_mean)
+    assert torch.allclose(ema.model.running_mean, torch.full((2,), 3.5))  # statistics averaged like weights
+    assert torch.equal(ema.model.num_batches_tracked, model.num_batches_tracked)  # integer buffers copied
     assert not any(p.requires_grad for p in ema.model.parameters())
     ramp = EMA(model, half_life_kimg=10.0, rampup=0.05)
     assert ramp.beta(4, images_seen=80) == pytest.approx(0.5)  # half-life = 0.05 * 80 = 4 images

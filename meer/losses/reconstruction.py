@@ -12,7 +12,8 @@
   random: a warning is logged, ``lpips_is_real`` is ``False`` and the term is reported as
   ``perceptual_random_trunk``, never as ``lpips``.
 * ``id_feature`` (``feature_weight > 0`` and a ``feature_fn``, e.g. the recognizer's encoder): mean L1 between
-  the feature maps of restored and clean faces (the clean ones detached).
+  the feature maps of restored and clean faces (the clean ones detached), computed in one batch so
+  BatchNorm in train mode normalises both with the same statistics.
 """
 from __future__ import annotations
 
@@ -134,9 +135,9 @@ class ReconstructionLoss(nn.Module):
             parts[self.perceptual_name] = d
             total = total + self.lpips_weight * d
         if feature_fn is not None and self.feature_weight > 0:
-            fr = feature_fn(restored)
-            with torch.no_grad():
-                fc = feature_fn(clean)
-            parts["id_feature"] = sum((a.float() - b.float()).abs().mean() for a, b in zip(fr, fc)) / len(fr)
+            # one batch: in train mode BatchNorm normalises restored and clean faces with the same statistics
+            b = restored.shape[0]
+            both = feature_fn(torch.cat([restored, clean.detach().to(restored.dtype)], dim=0))
+            parts["id_feature"] = sum((f[:b].float() - f[b:].detach().float()).abs().mean() for f in both) / len(both)
             total = total + self.feature_weight * parts["id_feature"]
         return total, parts

@@ -18,6 +18,8 @@ Given the encoder levels ``feats`` (stem first, deepest last):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,32 +63,46 @@ class MaskDecoupling(nn.Module):
         occ_head_width: int = 32,
         detach_gate: bool = True,
         dropout: float = 0.0,
+        id_pool: bool = False,
     ) -> None:
         super().__init__()
         deep = channels[-1]
         self.detach_gate = detach_gate
+        self.id_pool = id_pool
         self.occ_head = OcclusionHead(channels, occ_head_width)
-        self.id_proj = nn.Sequential(nn.Conv2d(deep, split_channels, 1, bias=False), nn.BatchNorm2d(split_channels))
-        self.id_fc = nn.Sequential(
-            nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
-            nn.Linear(split_channels * deep_size * deep_size, id_dim, bias=False),
-            nn.BatchNorm1d(id_dim),
-        )
+        if not id_pool:
+            self.id_proj = nn.Sequential(nn.Conv2d(deep, split_channels, 1, bias=False), nn.BatchNorm2d(split_channels))
+            self.id_fc = nn.Sequential(
+                nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
+                nn.Linear(split_channels * deep_size * deep_size, id_dim, bias=False),
+                nn.BatchNorm1d(id_dim),
+            )
         self.occ_proj = nn.Sequential(
             nn.Conv2d(deep, split_channels, 1, bias=False), nn.BatchNorm2d(split_channels), nn.PReLU(split_channels)
         )
         self.occ_fc = nn.Linear(split_channels + 1, occ_dim)
 
-    def forward(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor], image_size: tuple[int, int], pooled: torch.Tensor | None = None,
+                to_pooled: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """``feats``: the crop-aligned levels. With ``id_pool``: ``pooled`` is the map the identity code is
+        pooled from (dlib's last block, in chip geometry) and ``to_pooled`` warps a crop-space map into its
+        geometry; the identity code is its mean over the cells weighted by their visibility (``1 - gate``)."""
         deep = feats[-1]
         occ_logits = self.occ_head(feats, image_size)
         occ_map = torch.sigmoid(occ_logits.float())
         gate = F.interpolate(occ_map, size=deep.shape[-2:], mode="area")
         if self.detach_gate:
             gate = gate.detach()
-        visible = 1.0 - gate
-        id_feat = self.id_proj(deep) * visible.to(deep.dtype)
-        id_code = self.id_fc(id_feat.flatten(1))
+        if self.id_pool:
+            if pooled is None or to_pooled is None:
+                raise ValueError("a pooled identity code needs the map to pool and its warp (MEER's dlib encoder)")
+            g = F.adaptive_avg_pool2d(to_pooled(occ_map), pooled.shape[-2:])
+            w = (1.0 - (g.detach() if self.detach_gate else g)).clamp_min(1e-3).to(pooled.dtype)
+            id_code = (pooled * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
+        else:
+            visible = 1.0 - gate
+            id_feat = self.id_proj(deep) * visible.to(deep.dtype)
+            id_code = self.id_fc(id_feat.flatten(1))
         occ_feat = self.occ_proj(deep)
         g = gate.to(occ_feat.dtype)
         denom = g.sum(dim=(2, 3)) + 1e-3

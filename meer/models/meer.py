@@ -41,7 +41,7 @@ occlusion-code layers are unused) needs ``find_unused_parameters=True``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,7 @@ from torch.func import functional_call
 
 from meer.models.decoupling import MaskDecoupling
 from meer.models.encoder import IREncoder
+from meer.models.encoder_dlib import DlibEncoder
 from meer.models.generator import UNetGenerator
 from meer.models.recognition_head import RecognitionHead
 
@@ -60,6 +61,13 @@ class MEERConfig:
     tiny (tests), CPU and GPU (IR-50-like) settings."""
 
     image_size: int = 112
+    # "ir": insightface IR encoder trained from scratch (sizes below); "dlib": dlib's face ResNet
+    # (meer.models.encoder_dlib; the enc_* sizes are ignored, id_dim must be 256 and the recognition head is
+    # dlib's 256 -> embedding_dim linear projection, 128 for dlib's own)
+    encoder: Literal["ir", "dlib"] = "ir"
+    # training starts the dlib encoder and head from dlib's public-domain weights (fresh runs; needs the
+    # judge extra); false = random initialisation (ablation). Checkpoints always hold the trained weights.
+    encoder_pretrained: bool = True
     # encoder (insightface IR): stage i has min(enc_width * 2**i, enc_max_width) channels
     enc_width: int = 32
     enc_layers: tuple[int, ...] = (1, 1, 1, 1)
@@ -98,6 +106,10 @@ class MEERConfig:
         for name in ("enc_width", "split_channels", "occ_head_width", "id_dim", "occ_dim", "embedding_dim", "gen_width", "num_mask_kinds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder not in ("ir", "dlib"):
+            raise ValueError(f"encoder must be 'ir' or 'dlib', got {self.encoder!r}")
+        if self.encoder == "dlib" and self.id_dim != 256:
+            raise ValueError(f"the dlib encoder's identity code is its 256 pooled channels: id_dim must be 256, got {self.id_dim}")
 
 
 @dataclass
@@ -121,13 +133,15 @@ class MEER(nn.Module):
         super().__init__()
         cfg = cfg or MEERConfig()
         self.cfg = cfg
-        self.encoder = IREncoder(cfg.enc_width, cfg.enc_layers, cfg.enc_max_width, cfg.enc_stem_stride)
+        dlib = cfg.encoder == "dlib"
+        self.encoder = (DlibEncoder(cfg.image_size) if dlib else
+                        IREncoder(cfg.enc_width, cfg.enc_layers, cfg.enc_max_width, cfg.enc_stem_stride))
         deep_size = self.encoder.feature_sizes(cfg.image_size)[-1]
         self.decoupling = MaskDecoupling(
             self.encoder.channels, deep_size, cfg.id_dim, cfg.occ_dim, cfg.split_channels, cfg.occ_head_width,
-            cfg.detach_gate, dropout=0.0,
+            cfg.detach_gate, dropout=0.0, id_pool=dlib,
         )
-        self.head = RecognitionHead(cfg.id_dim, cfg.embedding_dim, cfg.head_dropout)
+        self.head = RecognitionHead(cfg.id_dim, cfg.embedding_dim, cfg.head_dropout, norm=not dlib)
         self.generator = UNetGenerator(self.encoder.channels, deep_size, cfg.id_dim, cfg.gen_width, cfg.gen_max_width,
                                        template=cfg.gen_template, image_size=cfg.image_size)
 
@@ -148,18 +162,29 @@ class MEER(nn.Module):
             raise ValueError(f"MEER expects {name} of shape B x 3 x {s} x {s}, got {tuple(images.shape)}")
 
     def _recognize(
-        self, images: torch.Tensor, frozen: bool = False
+        self, images: torch.Tensor, frozen: bool = False, track_stats: bool = True
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
-        """Encoder -> decoupling -> head. ``frozen=True`` uses detached parameters (no weight gradients)."""
+        """Encoder -> decoupling -> head.
+
+        ``frozen=True`` uses detached parameters (no weight gradients; the gradient still reaches ``images``).
+        ``track_stats=False`` (auxiliary passes: restored and clean faces during training) leaves every buffer
+        untouched: BatchNorm still normalises with the batch's statistics in train mode, but its running
+        statistics are updated on throw-away copies, so they keep describing the masked faces of the main pass."""
+        aux = frozen or not track_stats
 
         def call(mod: nn.Module, *args: Any) -> Any:
-            if not frozen:
+            if not aux:
                 return mod(*args)
-            params = {n: p.detach() for n, p in mod.named_parameters()}
-            return functional_call(mod, params, args, strict=False)
+            state = {n: (p.detach() if frozen else p) for n, p in mod.named_parameters()}
+            state.update({n: b.clone() for n, b in mod.named_buffers()})
+            return functional_call(mod, state, args, strict=False)
 
         feats = call(self.encoder, images * 2.0 - 1.0)
-        dec = call(self.decoupling, feats, tuple(images.shape[-2:]))
+        if self.cfg.encoder == "dlib":  # crop-aligned levels + the chip-space map the identity code pools
+            feats, pooled = feats[:-1], feats[-1]
+            dec = call(self.decoupling, feats, tuple(images.shape[-2:]), pooled, self.encoder.to_chip)
+        else:
+            dec = call(self.decoupling, feats, tuple(images.shape[-2:]))
         return feats, dec, call(self.head, dec["id_code"])
 
     def composite_mask(self, occ_map: torch.Tensor) -> torch.Tensor:
@@ -180,17 +205,22 @@ class MEER(nn.Module):
         return torch.where(m > 0, m * g + (1 - m) * masked, masked)
 
     def forward(
-        self, masked: torch.Tensor, mask: torch.Tensor | None = None, clean: torch.Tensor | None = None
+        self, masked: torch.Tensor, mask: torch.Tensor | None = None, clean: torch.Tensor | None = None,
+        union_predicted: bool = False,
     ) -> MEEROutput:
         """Run every branch. ``mask`` (``B x 1 x H x W``, 1 = occluded): ground truth for the skips and the
-        composite (else the binarised, dilated prediction). ``clean``: the unmasked faces; when given, the
-        restored and clean faces are embedded for the id-preserving loss (honouring the gradient switches)."""
+        composite (else the binarised, dilated prediction, as at inference); ``union_predicted=True`` uses
+        both, ``max(mask, prediction)``, so training also fills the dilated ring and the false positives that
+        inference fills. ``clean``: the unmasked faces; when given, the restored and clean faces are embedded
+        for the id-preserving loss (honouring the gradient switches)."""
         self._check(masked, "masked")
         feats, dec, embedding = self._recognize(masked)
         if mask is not None:
             if mask.shape != (masked.shape[0], 1, *masked.shape[-2:]):
                 raise ValueError(f"mask must be B x 1 x H x W matching the images, got {tuple(mask.shape)}")
             m = mask.to(masked.dtype)
+            if union_predicted:
+                m = torch.maximum(m, self.composite_mask(dec["occ_map"]).to(m.dtype))
         else:
             m = self.composite_mask(dec["occ_map"])
         id_code = dec["id_code"]
@@ -224,15 +254,16 @@ class MEER(nn.Module):
         if not self.cfg.id_grad_to_generator:
             restored = restored.detach()
         both = torch.cat([restored, clean.to(restored.dtype)], dim=0)
-        emb = self._recognize(both, frozen=not self.cfg.id_grad_to_recognizer)[2]
+        emb = self._recognize(both, frozen=not self.cfg.id_grad_to_recognizer, track_stats=False)[2]
         return emb[: restored.shape[0]], emb[restored.shape[0] :]
 
     # ---- inference API ----------------------------------------------------------------------------------
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, track_stats: bool = True) -> torch.Tensor:
         """Identity embedding (``B x embedding_dim``, unit norm) of any face: masked, clean or restored.
-        Differentiable; wrap in ``torch.no_grad()`` and call ``eval()`` for inference."""
+        Differentiable; wrap in ``torch.no_grad()`` and call ``eval()`` for inference. ``track_stats=False``:
+        an auxiliary training pass that leaves the BatchNorm running statistics untouched."""
         self._check(images)
-        return self._recognize(images)[2]
+        return self._recognize(images, track_stats=track_stats)[2]
 
     @torch.no_grad()
     def restore(self, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

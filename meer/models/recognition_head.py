@@ -12,12 +12,15 @@ from torch import nn
 
 
 class RecognitionHead(nn.Module):
-    def __init__(self, id_dim: int = 256, embedding_dim: int = 512, dropout: float = 0.0) -> None:
+    """``norm=False`` drops the BN1d: the head is then one linear map, e.g. dlib's descriptor projection
+    (``fc_no_bias``) on top of its pooled features (``model.encoder: dlib``)."""
+
+    def __init__(self, id_dim: int = 256, embedding_dim: int = 512, dropout: float = 0.0, norm: bool = True) -> None:
         super().__init__()
         self.net = nn.Sequential(
             nn.Dropout(dropout) if dropout > 0 else nn.Identity(),
             nn.Linear(id_dim, embedding_dim, bias=False),
-            nn.BatchNorm1d(embedding_dim),
+            nn.BatchNorm1d(embedding_dim) if norm else nn.Identity(),
         )
 
     def forward(self, id_code: torch.Tensor) -> torch.Tensor:

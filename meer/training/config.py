@@ -31,6 +31,9 @@ class DataConfig:
     batch_size: int = 32  # global batch (split evenly over the processes)
     num_workers: int = 0  # DataLoader worker processes per rank
     hflip: bool = True  # random horizontal flip (drawn from the augmentation generator)
+    # roots of faces without identity labels (one photo per person, e.g. faces/lfw_singles): trained for
+    # restoration, occlusion and distillation, never by the margin or identity-adversary losses (label -1)
+    unlabeled_roots: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -44,6 +47,7 @@ class OptimConfig:
     betas_g: tuple[float, float] = (0.5, 0.99)
     betas_d: tuple[float, float] = (0.5, 0.99)
     weight_decay_r: float = 5e-4  # decoupled (AdamW) weight decay on the recognizer only
+    lr_pretrained_ratio: float = 0.1  # pretrained encoder + head (model.encoder: dlib) train at lr_r * this
     grad_clip: float = 5.0  # max global grad norm per optimiser; 0 = no clipping
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = 0
@@ -84,7 +88,22 @@ class LossConfig:
     w_id_restored: float = 0.5  # margin loss on the restored face's embedding
     # (where these gradients go is switched in the model config: model.id_grad_to_generator,
     #  model.id_grad_to_recognizer; model.gen_grad_to_encoder stops restoration losses at the encoder)
-    restore_with_gt_mask: bool = True  # composite with the exact mask during training (else predicted)
+    # the id-preserving target (the clean face's embedding) is detached: the loss moves the restored face
+    # towards the clean one, never the clean embedding towards a restoration (which would reward a
+    # recognizer that ignores the lower face). false = the symmetric form, for ablations only.
+    id_target_detach: bool = True
+    # which pixels the training composite replaces: "union" (default) = the exact mask plus the predicted map
+    # binarised and dilated as at inference (so the ring inference fills, and false positives, are trained);
+    # "gt" = the exact mask only; "predicted" = only what inference would replace
+    composite: Literal["union", "gt", "predicted"] = "union"
+    # frozen identity teacher (meer.models.teacher): "" = none, "dlib" (dlib's ResNet, offline), "facenet"
+    # (needs its VGGFace2 weights in the torch cache) or the path of a TorchScript embedder
+    teacher: str = ""
+    w_teacher_id: float = 0.0  # 1 - cos(teacher(restored), teacher(clean)): trains the generator
+    # 1 - cos(embedding(masked), teacher(clean)): template-level distillation (MaskInv) into the recognizer;
+    # works on photos without identity labels (data.unlabeled_roots). The embedding is mapped by a learned
+    # linear projection when its size differs from the teacher's.
+    w_distill: float = 0.0
 
 
 @dataclass
@@ -183,6 +202,8 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("data.val_identities must be >= 0")
     if cfg.val.pairs < 2 and cfg.data.val_identities > 0:
         raise ConfigError("val.pairs must be at least 2")
+    if (cfg.loss.w_teacher_id > 0 or cfg.loss.w_distill > 0) and not cfg.loss.teacher:
+        raise ConfigError("loss.w_teacher_id / loss.w_distill need a teacher (loss.teacher=dlib)")
     for w in [f for f in vars(cfg.loss) if f.startswith("w_")]:
         if getattr(cfg.loss, w) < 0:
             raise ConfigError(f"loss.{w} must be >= 0, got {getattr(cfg.loss, w)}")

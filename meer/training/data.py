@@ -14,15 +14,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from meer.data.identity_folders import IdentityFolderDataset
 from meer.data.splits import read_identity_list
 from meer.utils.errors import MeerError
 
 
+class TrainSet(Dataset):
+    """The labelled identity folders, then the faces of ``data.unlabeled_roots`` with identity ``-1``
+    (one photo per person: restoration, occlusion and distillation train on them, the margin and
+    identity-adversary losses ignore them)."""
+
+    def __init__(self, labeled: IdentityFolderDataset, unlabeled: IdentityFolderDataset | None = None):
+        self.labeled = labeled
+        self.unlabeled = unlabeled
+
+    @property
+    def num_classes(self) -> int:
+        return self.labeled.num_classes
+
+    @property
+    def identities(self) -> list[str]:
+        return self.labeled.identities
+
+    @property
+    def num_unlabeled(self) -> int:
+        return len(self.unlabeled) if self.unlabeled is not None else 0
+
+    def __len__(self) -> int:
+        return len(self.labeled) + self.num_unlabeled
+
+    def __getitem__(self, index: int) -> dict:
+        if index < len(self.labeled):
+            return self.labeled[index]
+        item = self.unlabeled[index - len(self.labeled)]
+        return {**item, "identity": -1}
+
+
 @dataclass
 class Splits:
-    train: IdentityFolderDataset
+    train: TrainSet
     val: IdentityFolderDataset | None
     eval_only: set[str]
     val_names: list[str]
@@ -58,11 +90,24 @@ def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
             raise MeerError("validation identities are ambiguous across data.roots (same folder name in two roots)")
     else:
         train, val = full, None
+    unlabeled = None
+    if data_cfg.unlabeled_roots:
+        for r in data_cfg.unlabeled_roots:
+            if not Path(r).is_dir():
+                raise MeerError(f"data root not found: {r} (data.unlabeled_roots)")
+        unlabeled = IdentityFolderDataset(list(data_cfg.unlabeled_roots) if len(data_cfg.unlabeled_roots) > 1
+                                          else data_cfg.unlabeled_roots[0], split="train",
+                                          eval_identities=eval_only | set(val_names), min_images=1,
+                                          image_size=image_size)
+        overlap = {n.split("/", 1)[-1] for n in unlabeled.identities} & (
+            eval_only | {n.split("/", 1)[-1] for n in val_names})
+        if overlap:  # cannot happen with meer.data.splits; kept as a last guard
+            raise MeerError(f"evaluation or validation identity in data.unlabeled_roots: {sorted(overlap)[0]}")
     leaked = set(train.identities) & (eval_only | set(val_names))
     bare_leaked = {n for n in train.identities if n.split("/", 1)[-1] in eval_only}
     if leaked or bare_leaked:  # cannot happen with meer.data.splits; kept as a last guard
         raise MeerError(f"evaluation identity in the training split: {sorted(leaked | bare_leaked)[0]}")
-    return Splits(train=train, val=val, eval_only=eval_only, val_names=val_names)
+    return Splits(train=TrainSet(train, unlabeled), val=val, eval_only=eval_only, val_names=val_names)
 
 
 def collate(items: list[dict]) -> dict:

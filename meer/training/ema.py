@@ -3,7 +3,12 @@
 The decay is set by a half-life in images rather than a fixed beta, so it does not change meaning
 when the batch size changes: ``beta = 0.5 ** (batch / half_life_images)``. During the first images
 the half-life ramps up (``rampup * images_seen``) so the average is not dominated by the random
-initialisation. Buffers (e.g. BatchNorm running statistics) are copied, not averaged.
+initialisation.
+
+Floating-point buffers (BatchNorm running means and variances) are averaged with the same beta as the
+weights: copying the live statistics into a model whose weights are an average (stylegan2-ada copies
+them; its generator has no BatchNorm) pairs statistics of one network with the weights of another.
+Integer buffers (``num_batches_tracked``) are copied.
 """
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ class EMA:
         for p_ema, p in zip(self.model.parameters(), model.parameters()):
             p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.model.buffers(), model.buffers()):
-            b_ema.copy_(b)
+            if b_ema.is_floating_point():
+                b_ema.copy_(b.detach().lerp(b_ema, beta))
+            else:
+                b_ema.copy_(b)
         return beta
 
     def state_dict(self) -> dict:

@@ -208,8 +208,7 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
             if hasattr(task, "validate"):  # baseline tasks score themselves
                 last_val = task.validate(val_set, cfg.val.batch_size, device)
             else:
-                last_val = validate(task.live_model(), task.eval_model(), val_set, cfg.val.batch_size, device,
-                                    task.autocast)
+                last_val = validate(task.eval_model(), val_set, cfg.val.batch_size, device, task.autocast)
             log.scalars(step, last_val, prefix="val/")
             log.info(f"val step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in last_val.items()))
             if last_val[cfg.val.best_metric] > best:
@@ -254,7 +253,8 @@ def describe(cfg: TrainConfig, splits, counts: dict[str, int], run_dir: Path, sa
     lines = [
         f"task {cfg.task}, {cfg.total_steps} steps of global batch {cfg.data.batch_size} "
         f"({sampler.batches_per_epoch} steps/epoch), amp={cfg.amp}, device={cfg.device}",
-        f"train: {len(splits.train)} images of {splits.train.num_classes} identities; "
+        f"train: {len(splits.train) - splits.train.num_unlabeled} images of {splits.train.num_classes} identities"
+        + (f" + {splits.train.num_unlabeled} unlabelled faces" if splits.train.num_unlabeled else "") + "; "
         f"validation: {len(splits.val_names)} held-out identities (up to {cfg.data.val_images_per_identity} images each); "
         f"{len(splits.eval_only)} evaluation-only identities excluded",
         "parameters: " + ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in counts.items()) +

@@ -22,7 +22,9 @@ from meer.losses.margin import MarginHead
 from meer.losses.reconstruction import ReconstructionLoss
 from meer.models.discriminator_local import LocalDiscriminator
 from meer.models.discriminator_patch import PatchDiscriminator
+from meer.models.dlib_resnet import cached_state_dict
 from meer.models.meer import MEER
+from meer.models.teacher import build_teacher
 from meer.training import distributed as dd
 from meer.training import phases
 from meer.training.distributed import DistInfo
@@ -81,24 +83,38 @@ class MEERTask:
         self.d_local = (LocalDiscriminator(width=dc.local_width, local_size=dc.local_size).to(device)
                         if lc.w_adv_local > 0 else None)
 
+        # frozen identity teacher (never in an optimiser, never in a checkpoint: rebuilt from loss.teacher)
+        self.teacher = build_teacher(lc.teacher, device) if lc.teacher else None
+        self.distill_proj = None
+        if self.teacher is not None and lc.w_distill > 0 and self.teacher.dim != emb_dim:
+            self.distill_proj = nn.Linear(emb_dim, self.teacher.dim, bias=False).to(device)
+
         oc = cfg.optim
         self.params_r = list(self.model.recognizer_parameters()) + list(self.margin.parameters())
-        if self.decoupling is not None:
-            self.params_r += list(self.decoupling.parameters())
+        for extra in (self.decoupling, self.distill_proj):
+            if extra is not None:
+                self.params_r += list(extra.parameters())
         self.params_g = list(self.model.generator_parameters())
         self.params_d = [p for d in (self.d_patch, self.d_local) if d is not None for p in d.parameters()]
         covered = {id(p) for p in self.params_r + self.params_g}
         missing = [n for n, p in self.model.named_parameters() if id(p) not in covered]
         if missing:
             raise MeerError(f"MEER parameters in no optimiser: {', '.join(missing[:3])}")
-        self.opt_r = torch.optim.AdamW(self.params_r, lr=oc.lr_r, betas=oc.betas_r, weight_decay=oc.weight_decay_r)
+        # a pretrained encoder and head (model.encoder: dlib) move at lr_r * lr_pretrained_ratio, the parts that
+        # start from random (decoupling, margin and adversary heads) at lr_r
+        pretrained = ({id(p) for m in (self.model.encoder, self.model.head) for p in m.parameters()}
+                      if model_cfg.encoder == "dlib" and model_cfg.encoder_pretrained else set())
+        groups = [{"params": [p for p in self.params_r if id(p) not in pretrained], "lr": oc.lr_r}]
+        if pretrained:
+            groups.insert(0, {"params": [p for p in self.params_r if id(p) in pretrained],
+                              "lr": oc.lr_r * oc.lr_pretrained_ratio})
+        self.opt_r = torch.optim.AdamW(groups, lr=oc.lr_r, betas=oc.betas_r, weight_decay=oc.weight_decay_r)
         self.opt_g = torch.optim.Adam(self.params_g, lr=oc.lr_g, betas=oc.betas_g)
         self.opt_d = None
         if use_d:
-            # lazy R1: the D optimiser steps interval+1 times per interval's worth of gradient
-            ratio = lc.r1_interval / (lc.r1_interval + 1) if lc.r1_interval > 0 and lc.r1_gamma > 0 else 1.0
-            self.opt_d = torch.optim.Adam(self.params_d, lr=oc.lr_d * ratio,
-                                          betas=(oc.betas_d[0] ** ratio, oc.betas_d[1] ** ratio))
+            # lazy R1 is added into the same D step (stylegan2-ada's lr/beta correction is for R1 as a separate
+            # optimiser step, which this loop does not take), so D keeps its configured lr and betas
+            self.opt_d = torch.optim.Adam(self.params_d, lr=oc.lr_d, betas=tuple(oc.betas_d))
         sched = dict(kind=oc.schedule, total_steps=cfg.total_steps, warmup_steps=oc.warmup_steps,
                      min_ratio=oc.min_lr_ratio, milestones=oc.milestones, gamma=oc.gamma)
         self.optimizers = {"r": self.opt_r, "g": self.opt_g}
@@ -113,18 +129,32 @@ class MEERTask:
 
     @torch.no_grad()
     def prepare(self, train_set, max_images: int = 512) -> str | None:
-        """Before the first step of a fresh run: set the generator's template prior (when configured) to the
-        mean of up to ``max_images`` evenly spaced clean training faces. Resumed runs load it instead."""
-        gen = self.model.generator
-        if gen.template is None:
-            return None
-        n = len(train_set)
-        idx = torch.linspace(0, n - 1, min(n, max_images)).round().long().unique().tolist()
-        mean = torch.stack([train_set[i]["clean"] for i in idx]).mean(dim=0)
-        gen.init_template(mean)
-        if self.ema is not None:
-            self.ema.model.generator.init_template(mean)
-        return f"generator template initialised from the mean of {len(idx)} training faces"
+        """Before the first step of a fresh run (resumed runs load all of this instead):
+
+        * ``model.encoder: dlib`` with ``encoder_pretrained``: the encoder and the recognition head start from
+          dlib's public-domain face ResNet (so the embedding starts as dlib's descriptor);
+        * the generator's template prior (when configured) is set to the mean of up to ``max_images`` evenly
+          spaced clean training faces."""
+        messages = []
+        targets = [self.model] + ([self.ema.model] if self.ema is not None else [])
+        mc = self.model.cfg
+        if mc.encoder == "dlib" and mc.encoder_pretrained:
+            state = cached_state_dict()
+            for m in targets:
+                fc = m.encoder.load_pretrained(state)
+                if m.head.net[1].weight.shape != fc.shape:
+                    raise ConfigError(f"model.embedding_dim must be {fc.shape[0]} to start the head from dlib's "
+                                      f"descriptor, got {m.head.net[1].weight.shape[0]}")
+                m.head.net[1].weight.copy_(fc)
+            messages.append("encoder and recognition head initialised from dlib's face ResNet")
+        if self.model.generator.template is not None:
+            n = len(train_set)
+            idx = torch.linspace(0, n - 1, min(n, max_images)).round().long().unique().tolist()
+            mean = torch.stack([train_set[i]["clean"] for i in idx]).mean(dim=0)
+            for m in targets:
+                m.generator.init_template(mean)
+            messages.append(f"generator template initialised from the mean of {len(idx)} training faces")
+        return "; ".join(messages) or None
 
     # ------------------------------------------------------------------------------------------
 
@@ -143,6 +173,8 @@ class MEERTask:
         }
         if self.decoupling is not None:
             counts["decoupling_adversaries"] = _count(self.decoupling.parameters())
+        if self.distill_proj is not None:
+            counts["distill_projection"] = _count(self.distill_proj.parameters())
         if self.d_patch is not None:
             counts["d_patch"] = _count(self.d_patch.parameters())
         if self.d_local is not None:
@@ -150,8 +182,9 @@ class MEERTask:
         return counts
 
     def modules(self) -> dict[str, nn.Module]:
+        """The trained modules (saved in checkpoints); the frozen teacher is not one of them."""
         mods = {"model": self.model, "margin": self.margin}
-        for name in ("decoupling", "d_patch", "d_local"):
+        for name in ("decoupling", "distill_proj", "d_patch", "d_local"):
             if getattr(self, name) is not None:
                 mods[name] = getattr(self, name)
         return mods
@@ -203,10 +236,12 @@ class MEERTask:
 
         # --- recognizer + generator phases: one forward, one backward ---
         with self.autocast():
-            fwd = phases.forward(self.model, batch, lc)
-            terms = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc)
-            terms.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
+            fwd = phases.forward(self.model, batch, lc, teacher=self.teacher)
+            parts = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc, self.distill_proj)
+            parts.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
                                         model=self.model, balance=self._balance if self.dist.enabled else None))
+        diagnostics = {k: parts.pop(k) for k in [k for k in parts if "/" in k]}  # logged, not trained on
+        terms = phases.weigh(parts, lc)
         total = sum(t.float() for t in terms.values())
         finite = dd.all_true(bool(torch.isfinite(total)), self.dist)
         if not finite and not fp16:
@@ -219,6 +254,9 @@ class MEERTask:
         for key, opt, params in (("r", self.opt_r, self.params_r), ("g", self.opt_g, self.params_g)):
             dd.average_gradients(params, self.dist)
             self.scaler.unscale_(opt)
+        stats.update(self._module_grad_norms(("encoder", "decoupling", "head", "generator", "margin",
+                                               "decoupling_adversaries", "distill_proj")))
+        for key, params in (("r", self.params_r), ("g", self.params_g)):
             norms[key] = self._clip(params)
         grads_ok = dd.all_true(all(math.isfinite(n) for n in norms.values()), self.dist)
         if not grads_ok and not fp16:
@@ -239,9 +277,9 @@ class MEERTask:
                 if d is not None:
                     d.requires_grad_(True)
             do_r1 = lc.r1_interval > 0 and step % lc.r1_interval == 0
-            d_terms = phases.d_phase(batch.clean, fwd.out.restored, batch.mask, self.d_patch, self.d_local, lc,
+            d_parts = phases.d_phase(batch.clean, fwd.out.restored, batch.mask, self.d_patch, self.d_local, lc,
                                      do_r1, self.autocast)
-            d_total = sum(t.float() for t in d_terms.values())
+            d_total = sum(t.float() for t in phases.weigh(d_parts, lc).values())
             d_finite = dd.all_true(bool(torch.isfinite(d_total)), self.dist)
             if not d_finite and not fp16:
                 raise NonFiniteLoss(f"non-finite discriminator loss at step {step}")
@@ -249,10 +287,11 @@ class MEERTask:
             self.scaler_d.scale(d_total).backward()
             dd.average_gradients(self.params_d, self.dist)
             self.scaler_d.unscale_(self.opt_d)
+            stats.update(self._module_grad_norms(("d_patch", "d_local")))
             norms["d"] = self._clip(self.params_d)
             self.scaler_d.step(self.opt_d)
             self.scaler_d.update()
-            for k, v in d_terms.items():
+            for k, v in d_parts.items():
                 stats[f"loss/{k}"] = float(v.detach())
             stats["loss/d_total"] = float(d_total.detach())
 
@@ -262,18 +301,33 @@ class MEERTask:
                 sched.step()
         if self.ema is not None and not skipped:
             stats["ema_beta"] = self.ema.update(self.model, self.cfg.data.batch_size, nimg)
-        for k, v in terms.items():
+        for k, v in parts.items():  # every part unweighted (the weights are in the config)
             stats[f"loss/{k}"] = float(v.detach())
+        for k, v in diagnostics.items():  # decoupling adversaries' accuracies etc.
+            stats[k] = float(v)
         stats["loss/total"] = float(total.detach())
         for k, n in norms.items():
             stats[f"grad_norm/{k}"] = n
         for k, o in self.optimizers.items():
-            stats[f"lr/{k}"] = o.param_groups[0]["lr"]
+            stats[f"lr/{k}"] = o.param_groups[-1]["lr"]  # the base lr (a pretrained group, first, runs lower)
         if fp16:
             stats["amp_scale"] = self.scaler.get_scale()
         stats["skipped"] = float(skipped)
-        self._last = (batch, fwd.out)
         return stats
+
+    def _module_grad_norms(self, names: tuple[str, ...]) -> dict[str, float]:
+        """``grad_norm/module/<name>``: the gradient norm of each part before clipping (0 when it got none)."""
+        parts = {"encoder": self.model.encoder, "decoupling": self.model.decoupling, "head": self.model.head,
+                 "generator": self.model.generator, "margin": self.margin, "decoupling_adversaries": self.decoupling,
+                 "distill_proj": self.distill_proj, "d_patch": self.d_patch, "d_local": self.d_local}
+        out = {}
+        for name in names:
+            mod = parts[name]
+            if mod is None:
+                continue
+            grads = [p.grad.detach().float().norm() for p in mod.parameters() if p.grad is not None]
+            out[f"grad_norm/module/{name}"] = float(torch.stack(grads).norm()) if grads else 0.0
+        return out
 
     def _balance(self, local: torch.Tensor) -> torch.Tensor:
         return local.detach() / dd.global_mean(local, self.dist).clamp(min=1e-12)

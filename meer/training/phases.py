@@ -5,21 +5,26 @@ running it twice would double the cost), then:
 
 * :func:`recognizer_phase` -- loss terms that train the recognizer (encoder, mask-decoupling module,
   recognition head, margin head, decoupling adversaries): margin loss on masked and clean faces,
-  occlusion-map supervision, decoupling loss.
+  occlusion-map supervision, decoupling loss, distillation of the masked face's embedding towards a
+  frozen teacher's embedding of the clean face.
 * :func:`g_phase` -- loss terms that train the generator: masked-region L1 (+ a light visible-region
   L1 on the raw output), LPIPS, perceptual on recognizer features,
-  adversarial (global PatchGAN + local), id-preserving (cosine + margin on the restored face). The
-  id-preserving terms reach G, the recognizer or both, as the model config's switches say.
+  adversarial (global PatchGAN + local), id-preserving (cosine + margin on the restored face; the clean
+  side is the target, detached unless ``loss.id_target_detach=false``), and the teacher's id-preserving
+  term (frozen teacher on restored vs clean). The own-recognizer id-preserving terms reach G, the
+  recognizer or both, as the model config's switches say.
 
 The two term sets are summed and back-propagated once; each optimiser then steps on its own
 parameters (the reconstruction gradient reaching the encoder through the skips and the identity
 code is what makes the training end-to-end). The discriminators are frozen during this backward.
 
 * :func:`d_phase` -- its own backward on detached restored faces, with lazy R1 every
-  ``r1_interval`` steps (stylegan2-ada): the penalty is scaled by the interval and the D optimiser's
-  Adam parameters are adjusted once, at build time, by ``interval / (interval + 1)``.
+  ``r1_interval`` steps (stylegan2-ada): the penalty is scaled by the interval. Unlike stylegan2-ada,
+  R1 is added into the same D step (not a separate optimiser step), so D's lr and betas stay as
+  configured (no ``interval / (interval + 1)`` correction).
 
-Every function returns a dict of named loss terms (already weighted) so each can be logged.
+Every function returns a dict of **unweighted** named parts; :func:`weigh` applies the config weights
+(the ``WEIGHTS`` table) in one place, and the trainer logs every part.
 """
 from __future__ import annotations
 
@@ -47,109 +52,172 @@ class Batch:
 @dataclass
 class Forward:
     out: object  # MEEROutput on the masked batch (with embedding_restored / embedding_clean when needed)
+    region: torch.Tensor  # B x 1 x H x W: the pixels the composite replaced (what the generator is scored on)
     emb_clean: torch.Tensor | None  # recognizer embedding of the clean face, for its margin loss
     emb_restored: torch.Tensor | None  # embedding of the restored face (gradient routed by the model config)
     id_target: torch.Tensor | None  # embedding of the clean face for the id-preserving loss
+    teacher_clean: torch.Tensor | None = None  # frozen teacher's embedding of the clean face (no gradient)
+    teacher_restored: torch.Tensor | None = None  # teacher's embedding of the restored face (gradient to G)
 
 
-def forward(model: nn.Module, batch: Batch, loss_cfg) -> Forward:
+#: loss part -> the ``LossConfig`` weight that scales it: the one place where weights are applied
+WEIGHTS = {
+    "id_masked": "w_id_masked", "id_clean": "w_id_clean", "occ": "w_occ", "decouple": "w_decouple",
+    "distill": "w_distill", "l1_masked": "w_l1", "l1_visible": "w_l1_visible", "lpips": "w_lpips",
+    "perceptual_random_trunk": "w_lpips", "perceptual": "w_perceptual", "adv_patch": "w_adv_patch",
+    "adv_local": "w_adv_local", "id_preserve": "w_id_preserve", "id_restored": "w_id_restored",
+    "teacher_id": "w_teacher_id", "d_patch": None, "d_local": None, "r1": None,
+}
+
+
+def weigh(parts: dict[str, torch.Tensor], loss_cfg) -> dict[str, torch.Tensor]:
+    """Unweighted loss parts -> the weighted terms that are summed and back-propagated.
+
+    Discriminator parts carry weight 1 (``r1`` is scaled by ``r1_gamma / 2 * r1_interval`` here)."""
+    out = {}
+    for k, v in parts.items():
+        if k == "r1":
+            out[k] = (loss_cfg.r1_gamma / 2.0) * loss_cfg.r1_interval * v
+        elif WEIGHTS[k] is None:
+            out[k] = v
+        else:
+            out[k] = getattr(loss_cfg, WEIGHTS[k]) * v
+    return out
+
+
+def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None = None) -> Forward:
     """The shared forward: MEER on the masked faces; when an id-preserving term is on, the model also
     embeds the restored and the clean faces in the same call, honouring ``model.id_grad_to_generator``
-    and ``model.id_grad_to_recognizer`` (ablation switches of the gradient routing)."""
+    and ``model.id_grad_to_recognizer`` (ablation switches of the gradient routing).
+
+    The composite is trained on what inference does (``loss.composite``): ``union`` replaces the exact
+    mask plus the binarised, dilated predicted map (the ring and any false positives, which the
+    generator must then reproduce), ``gt`` only the exact mask, ``predicted`` only the prediction.
+    With a teacher, the clean faces are embedded once without gradient (distillation and id targets)
+    and the restored faces with a gradient that reaches the generator (never the frozen teacher)."""
     need_id = loss_cfg.w_id_preserve > 0 or loss_cfg.w_id_restored > 0
-    out = model(batch.masked, mask=batch.mask if loss_cfg.restore_with_gt_mask else None,
-                clean=batch.clean if need_id else None)
+    mode = loss_cfg.composite
+    out = model(batch.masked, mask=None if mode == "predicted" else batch.mask,
+                clean=batch.clean if need_id else None, union_predicted=mode == "union")
     emb_clean = None
     if loss_cfg.w_id_clean > 0:
         if out.embedding_clean is not None and model.cfg.id_grad_to_recognizer:
             emb_clean = out.embedding_clean
         else:  # the id branch ran the recognizer frozen: the clean margin loss needs its own pass
-            emb_clean = model.embed(batch.clean)
-    return Forward(out=out, emb_clean=emb_clean, emb_restored=out.embedding_restored, id_target=out.embedding_clean)
+            emb_clean = model.embed(batch.clean, track_stats=False)
+    id_target = out.embedding_clean
+    if id_target is not None and loss_cfg.id_target_detach:
+        id_target = id_target.detach()
+    t_clean = t_restored = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_clean = teacher.embed(batch.clean).detach()
+        if loss_cfg.w_teacher_id > 0:
+            t_restored = teacher.embed(out.restored)
+    return Forward(out=out, region=out.composite_mask, emb_clean=emb_clean, emb_restored=out.embedding_restored,
+                   id_target=id_target, teacher_clean=t_clean, teacher_restored=t_restored)
 
 
 def recognizer_phase(fwd: Forward, batch: Batch, margin_head: nn.Module, decoupling: nn.Module | None,
-                     loss_cfg) -> dict[str, torch.Tensor]:
-    """Weighted loss terms that train the recognizer."""
-    terms: dict[str, torch.Tensor] = {}
+                     loss_cfg, distill_proj: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Unweighted loss parts that train the recognizer (``weigh`` applies the config weights).
+
+    Decoupling diagnostics (the adversaries' accuracies, the decorrelation) come back under
+    ``decouple/<part>``, detached, for logging only."""
+    parts: dict[str, torch.Tensor] = {}
     out = fwd.out
     if loss_cfg.w_id_masked > 0:
-        terms["id_masked"] = loss_cfg.w_id_masked * margin_head.loss(out.embedding, batch.labels)
+        parts["id_masked"] = margin_head.loss(out.embedding, batch.labels)
     if loss_cfg.w_id_clean > 0:
-        terms["id_clean"] = loss_cfg.w_id_clean * margin_head.loss(fwd.emb_clean, batch.labels)
+        parts["id_clean"] = margin_head.loss(fwd.emb_clean, batch.labels)
     if loss_cfg.w_occ > 0:
-        terms["occ"] = loss_cfg.w_occ * occlusion_loss(out.occ_logits, batch.mask)
+        parts["occ"] = occlusion_loss(out.occ_logits, batch.mask)
     if loss_cfg.w_decouple > 0 and decoupling is not None:
-        loss, _parts = decoupling(out.id_code, out.occ_code, batch.labels, batch.kind)
-        terms["decouple"] = loss_cfg.w_decouple * loss
-    return terms
+        loss, diag = decoupling(out.id_code, out.occ_code, batch.labels, batch.kind)
+        parts["decouple"] = loss
+        parts.update({f"decouple/{k}": v.detach() for k, v in diag.items()})
+    if loss_cfg.w_distill > 0 and fwd.teacher_clean is not None:
+        # template-level distillation (MaskInv): the masked face's embedding towards the teacher's clean one
+        emb = distill_proj(out.embedding) if distill_proj is not None else out.embedding
+        parts["distill"] = id_preserving_loss(emb, fwd.teacher_clean)
+    return parts
 
 
 def encoder_features(model: nn.Module) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """The recognizer encoder's feature maps with its weights held fixed (for the perceptual term:
-    it trains the generator, not the recognizer)."""
+    it trains the generator, not the recognizer). Buffers are passed as copies: the pass leaves the
+    BatchNorm running statistics untouched."""
     params = {n: p.detach() for n, p in model.encoder.named_parameters()}
-    return lambda x: functional_call(model.encoder, params, (x * 2.0 - 1.0,))
+
+    def features(x: torch.Tensor) -> list[torch.Tensor]:
+        state = {**params, **{n: b.clone() for n, b in model.encoder.named_buffers()}}
+        return functional_call(model.encoder, state, (x * 2.0 - 1.0,))
+
+    return features
 
 
 def g_phase(fwd: Forward, batch: Batch, margin_head: nn.Module, recon: nn.Module | None,
             d_patch: nn.Module | None, d_local: nn.Module | None, loss_cfg, model: nn.Module | None = None,
             balance: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Weighted loss terms that train the generator (and the id-preserving terms, routed in ``forward``).
+    """Unweighted loss parts that train the generator (and the id-preserving terms, routed in ``forward``).
 
+    The reconstruction terms are scored on ``fwd.region``, the pixels the composite replaced (the exact
+    mask and, in ``union`` mode, the dilated ring and false positives of the predicted map).
     ``balance(local_weight_sum) -> factor``: with several processes, rescales the region-normalised L1
     terms so that their gradient, averaged over the ranks, equals the one of the global batch."""
-    terms: dict[str, torch.Tensor] = {}
+    parts: dict[str, torch.Tensor] = {}
     out = fwd.out
     restored = out.restored
+    region = fwd.region
     if recon is not None:
         feature_fn = encoder_features(model) if (loss_cfg.w_perceptual > 0 and model is not None) else None
-        _loss, parts = recon(restored, batch.clean, batch.mask,
-                             generated=out.generated if loss_cfg.w_l1_visible > 0 else None, feature_fn=feature_fn)
+        _loss, rparts = recon(restored, batch.clean, region,
+                              generated=out.generated if loss_cfg.w_l1_visible > 0 else None, feature_fn=feature_fn)
         if loss_cfg.w_l1 > 0:
-            f = balance(batch.mask.sum()) if balance is not None else 1.0
-            terms["l1_masked"] = loss_cfg.w_l1 * parts["l1_masked"] * f
+            f = balance(region.sum()) if balance is not None else 1.0
+            parts["l1_masked"] = rparts["l1_masked"] * f
         if loss_cfg.w_l1_visible > 0:
-            f = balance((1.0 - batch.mask).sum()) if balance is not None else 1.0
-            terms["l1_visible"] = loss_cfg.w_l1_visible * parts["l1_visible"] * f
+            f = balance((1.0 - region).sum()) if balance is not None else 1.0
+            parts["l1_visible"] = rparts["l1_visible"] * f
         if loss_cfg.w_lpips > 0:
             name = recon.perceptual_name  # "lpips" only with the real trunk
-            terms[name] = loss_cfg.w_lpips * parts[name]
-        if loss_cfg.w_perceptual > 0 and "id_feature" in parts:
-            terms["perceptual"] = loss_cfg.w_perceptual * parts["id_feature"]
+            parts[name] = rparts[name]
+        if loss_cfg.w_perceptual > 0 and "id_feature" in rparts:
+            parts["perceptual"] = rparts["id_feature"]
     if d_patch is not None and loss_cfg.w_adv_patch > 0:
-        terms["adv_patch"] = loss_cfg.w_adv_patch * g_loss(d_patch(restored), loss_cfg.gan)
+        parts["adv_patch"] = g_loss(d_patch(restored), loss_cfg.gan)
     if d_local is not None and loss_cfg.w_adv_local > 0:
-        terms["adv_local"] = loss_cfg.w_adv_local * g_loss(d_local(restored, batch.mask), loss_cfg.gan)
+        parts["adv_local"] = g_loss(d_local(restored, batch.mask), loss_cfg.gan)
     if fwd.emb_restored is not None:
         if loss_cfg.w_id_preserve > 0:
-            terms["id_preserve"] = loss_cfg.w_id_preserve * id_preserving_loss(fwd.emb_restored, fwd.id_target)
+            parts["id_preserve"] = id_preserving_loss(fwd.emb_restored, fwd.id_target)
         if loss_cfg.w_id_restored > 0:
-            terms["id_restored"] = loss_cfg.w_id_restored * margin_head.loss(fwd.emb_restored, batch.labels)
-    return terms
+            parts["id_restored"] = margin_head.loss(fwd.emb_restored, batch.labels)
+    if fwd.teacher_restored is not None:
+        parts["teacher_id"] = id_preserving_loss(fwd.teacher_restored, fwd.teacher_clean)
+    return parts
 
 
 def d_phase(clean: torch.Tensor, fake: torch.Tensor, mask: torch.Tensor, d_patch: nn.Module | None,
             d_local: nn.Module | None, loss_cfg, do_r1: bool, autocast) -> dict[str, torch.Tensor]:
-    """Weighted discriminator loss terms on real (clean) and detached fake (restored) faces.
+    """Unweighted discriminator parts on real (clean) and detached fake (restored) faces.
 
-    ``do_r1``: add the lazy R1 penalty this step (scaled by the interval)."""
-    terms: dict[str, torch.Tensor] = {}
+    ``do_r1``: add the lazy R1 penalty this step (``weigh`` scales it by ``r1_gamma / 2`` and the
+    interval). R1 is added into the same D step, so the D optimiser keeps its configured lr and betas."""
+    parts: dict[str, torch.Tensor] = {}
     fake = fake.detach()
     with autocast():
         if d_patch is not None and loss_cfg.w_adv_patch > 0:
-            terms["d_patch"] = d_loss(d_patch(clean), d_patch(fake), loss_cfg.gan)
+            parts["d_patch"] = d_loss(d_patch(clean), d_patch(fake), loss_cfg.gan)
         if d_local is not None and loss_cfg.w_adv_local > 0:
-            terms["d_local"] = d_loss(d_local(clean, mask), d_local(fake, mask), loss_cfg.gan)
-    if do_r1 and loss_cfg.r1_gamma > 0 and terms:
+            parts["d_local"] = d_loss(d_local(clean, mask), d_local(fake, mask), loss_cfg.gan)
+    if do_r1 and loss_cfg.r1_gamma > 0 and parts:
         # R1 in full precision: the gradient of D w.r.t. its input is small and fp16 loses it
         real = clean.detach().float().requires_grad_(True)
         penalty = real.new_zeros(())
-        if "d_patch" in terms:
+        if "d_patch" in parts:
             penalty = penalty + r1_penalty(d_patch(real), real)
-        if "d_local" in terms:
+        if "d_local" in parts:
             penalty = penalty + r1_penalty(d_local(real, mask), real)
-        terms["r1"] = (loss_cfg.r1_gamma / 2.0) * loss_cfg.r1_interval * penalty
-    return terms
-
-
+        parts["r1"] = penalty
+    return parts
