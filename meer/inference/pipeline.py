@@ -9,8 +9,8 @@
    occlusion map, restored crop, and the identity embeddings of the masked and of the restored face;
 4. faces whose predicted occluded fraction is below ``min_occlusion`` are passed through unchanged;
    the others are pasted back into the photo through ``meer.inference.region.paste_region`` (the
-   pixels the model replaced, grown a little and feathered), so every photo pixel outside that region
-   keeps its exact input value, alpha channel and bit depth included.
+   pixels the model replaced, feathered inwards), so every photo pixel outside that region keeps its
+   exact input value, alpha channel and bit depth included.
 
 The model is any module with MEER's interface: ``forward(masked) -> MEEROutput`` with ``occ_map``,
 ``restored`` and ``embedding``, and ``embed(images)``. Nothing here imports training code.
@@ -116,7 +116,7 @@ class Restorer:
     def __init__(self, model: torch.nn.Module, detector=None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, *, batch_size: int = 8,
                  faces: Literal["all", "largest"] = "all", aligned: bool = False, min_occlusion: float = 0.05,
-                 min_face: int = 20, detect_size: int | None = 1280, dilate: int = 2, feather: float = 2.0):
+                 min_face: int = 20, detect_size: int | None = 1280, dilate: int = 0, feather: int = 2):
         if batch_size < 1:
             raise MeerError(f"--batch-size must be >= 1, got {batch_size}")
         if faces not in ("all", "largest"):
@@ -138,7 +138,7 @@ class Restorer:
             raise MeerError(f"--detect-size must be >= 0 (0: full resolution), got {detect_size}")
         self.detect_size = int(detect_size) if detect_size else None
         self.dilate = int(dilate)
-        self.feather = float(feather)
+        self.feather = int(feather)
         cfg = getattr(model, "cfg", None)
         self.crop_size = int(getattr(cfg, "image_size", CROP_SIZE))
         self.threshold = float(getattr(cfg, "infer_threshold", 0.5))
@@ -247,7 +247,7 @@ class Restorer:
             emb_restored = self.model.embed(restored)
         occ = out.occ_map.float().clamp(0.0, 1.0)
         cos = F.cosine_similarity(out.embedding.float(), emb_restored.float(), dim=1)
-        # the pixels the model actually replaced (its binarised, dilated map), grown and feathered
+        # the pixels the model actually replaced (its binarised, dilated map), feathered inwards
         changed = getattr(out, "composite_mask", None)
         changed = (occ > self.threshold).float() if changed is None else changed.float()
         region = paste_region(changed, dilate=self.dilate, feather=self.feather)

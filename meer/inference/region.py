@@ -1,44 +1,49 @@
 """The part of an aligned face that is pasted back into the photo.
 
-Only what the model restored should change in the photo, so the paste region starts from the pixels
-the model replaced (MEER's ``composite_mask``: its predicted occlusion map binarised and dilated; any
-soft map is binarised at ``threshold``), is grown by ``dilate`` more pixels and feathered over
-``feather`` pixels outwards, so that it is exactly 1 on every replaced pixel and the seam falls
-where the crop still shows the photo's own pixels. Values below ``1/512`` are set to exactly 0,
-which keeps every photo pixel outside the region bit-identical after blending; the crop's outer
-``border`` pixels are faded out so that the warped region never has a hard edge where the crop ends.
+Only what the model restored may change in the photo. The paste region is the set of pixels the model
+replaced (MEER's ``composite_mask``: its predicted occlusion map binarised and dilated; any soft map is
+binarised at ``threshold``), optionally grown by ``dilate`` pixels, and feathered **inwards**: the weight
+is 1 from ``feather`` pixels inside the region's edge and ramps down to ``1 / (feather + 1)`` on its
+outermost pixel, and is exactly 0 outside it. The composite mask already reaches a few pixels beyond the
+predicted occlusion (the model's ``infer_dilate``), so the seam falls in that ring, on the face's own
+skin, and every photo pixel the model did not replace keeps its exact value (a feather that spread
+outwards blended the resampled crop into the visible face around the mask). The crop's outer ``border``
+pixels are faded out so that the warped region never has a hard edge where the crop ends; values below
+``1/512`` are set to exactly 0.
 """
 from __future__ import annotations
 
-import math
-
 import torch
-from kornia.filters import gaussian_blur2d
+import torch.nn.functional as F
 from kornia.morphology import dilation
 
 EPS = 1.0 / 512.0
 
 
-def paste_region(occ_map: torch.Tensor, threshold: float = 0.5, dilate: int = 2, feather: float = 2.0,
+def paste_region(occ_map: torch.Tensor, threshold: float = 0.5, dilate: int = 0, feather: int = 2,
                  border: int = 4) -> torch.Tensor:
-    """``B x 1 x H x W`` occlusion probabilities -> ``B x 1 x H x W`` blending weights in [0, 1].
+    """``B x 1 x H x W`` occlusion probabilities (or the model's composite mask) -> ``B x 1 x H x W``
+    blending weights in [0, 1].
 
-    Weights are 1 on every pixel predicted occluded (``occ_map > threshold``), fall to 0 within
-    ``dilate + 3 * feather`` pixels around them, and are exactly 0 further away and on the crop border.
+    Weights are exactly 0 outside the binarised map grown by ``dilate`` pixels, 1 on every pixel at least
+    ``feather`` pixels inside its edge, and ``(k + 1) / (feather + 1)`` on the ``k``-th pixel ring inside it.
     """
     if occ_map.dim() != 4 or occ_map.shape[1] != 1:
         raise ValueError(f"occ_map must be B x 1 x H x W, got {tuple(occ_map.shape)}")
+    if feather < 0 or dilate < 0:
+        raise ValueError(f"dilate and feather must be >= 0, got {dilate}, {feather}")
     occ = occ_map.float()
-    binary = (occ > threshold).float()
-    region = binary
+    region = (occ > threshold).float()
     if dilate > 0:
-        kernel = _disk(dilate, occ.device)
-        region = dilation(region, kernel)
+        region = dilation(region, _disk(int(dilate), occ.device))
+    feather = int(round(feather))
     if feather > 0:
-        radius = max(1, math.ceil(3 * feather))
-        region = gaussian_blur2d(region, (2 * radius + 1, 2 * radius + 1), (feather, feather),
-                                 border_type="constant")
-        region = torch.maximum(region, binary)
+        # mean of the region eroded by 0..feather pixels (3x3 square steps): an inward linear ramp
+        eroded, acc = region, region.clone()
+        for _ in range(feather):
+            eroded = -F.max_pool2d(-eroded, 3, 1, 1)
+            acc = acc + eroded
+        region = acc / (feather + 1)
     if border > 0:
         region = region * _border_ramp(occ.shape[-2], occ.shape[-1], border, occ.device)
     region = region.clamp(0.0, 1.0)
