@@ -83,3 +83,27 @@ class LpipsScorer:
             c = _t(clean[s:s + batch, a:-a, a:-a]).to(self.device) * 2 - 1
             out.append(self.net(r, c).flatten().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+
+
+def periodic_energy(patches: np.ndarray, periods: tuple[int, ...] = (2, 4, 8)) -> dict[int, np.ndarray]:
+    """Share of each patch's (de-meaned, Hann-windowed) gray-level spectral power at a given horizontal
+    ``period`` in pixels (all vertical frequencies summed): a vertical stripe pattern with that period, e.g.
+    an upsampling grid, stands out against clean faces' smooth spectrum. ``patches``: ``N x H x W x 3``
+    uint8 (or ``N x H x W`` gray); returns ``{period: N shares}``. Compare restored with clean patches."""
+    x = np.asarray(patches, dtype=np.float64)
+    if x.ndim == 4:
+        x = x @ np.array([0.299, 0.587, 0.114])
+    if x.ndim != 3:
+        raise ValueError(f"patches must be N x H x W (x 3), got shape {np.shape(patches)}")
+    n, h, w = x.shape
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    x = x * np.outer(np.hanning(h), np.hanning(w))[None]
+    power = np.abs(np.fft.rfft2(x, axes=(1, 2))) ** 2  # N x H x (W//2 + 1)
+    per_col = power.sum(axis=1)  # N x (W//2+1): power at each horizontal frequency
+    total = per_col[:, 1:].sum(axis=1).clip(min=1e-12)  # no DC
+    out = {}
+    for p in periods:
+        k = w / p  # bin of that period
+        lo, hi = int(np.floor(k - 0.5)), int(np.ceil(k + 0.5))  # the bins around it (window leakage)
+        out[p] = per_col[:, max(lo, 1):min(hi, per_col.shape[1] - 1) + 1].sum(axis=1) / total
+    return out
