@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from meer.evaluation.metrics import best_threshold, roc_auc
+from meer.utils.verification import best_threshold, roc_auc
 from meer.losses.occlusion import mask_iou
 from meer.utils.errors import MeerError
 

@@ -1,4 +1,4 @@
-"""Verification and identification metrics, pure numpy.
+"""Verification and identification metrics, pure numpy (re-exported by ``meer.evaluation.metrics``).
 
 Conventions (the same as scikit-learn's ``roc_curve``): a *score* is a similarity, larger means
 "same person", and a pair is accepted when ``score >= threshold``. Genuine pairs are the positives.
