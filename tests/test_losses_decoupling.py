@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from meer.losses.decoupling import DecouplingLoss, cross_correlation_penalty
 from meer.losses.identity import id_preserving_loss
-from meer.models.grad_reverse import GradReverse, grad_reverse
+from meer.losses.grad_reverse import GradReverse, grad_reverse
 
 
 def _codes(b=6):

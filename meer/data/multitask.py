@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset
@@ -19,12 +19,34 @@ from meer.config import ConfigError
 from meer.data.celeba_attrs import CelebAAttributesDataset
 from meer.data.utkface import UTKFaceDataset
 
-if TYPE_CHECKING:  # annotations only: data never imports models at run time
-    from meer.models.maskmtl import TaskSpec
-
 #: coarse colour classes of a mask's RGB (the ``mask_color`` task)
 COLOR_NAMES = ("white", "gray", "black", "red_orange", "yellow_green", "cyan_blue", "purple_pink")
 MASK_TASKS = ("mask_kind", "mask_coverage", "mask_color", "masked")
+
+
+@dataclass
+class TaskSpec:
+    """One target of a multitask batch: the item key, classification (``num_classes`` logits) or regression
+    (one value trained on ``target / scale``). Models (``meer.models.maskmtl``), losses
+    (``meer.losses.multitask``) and the collate function here all read it."""
+
+    name: str  # the item key holding the target
+    kind: Literal["classification", "regression"] = "classification"
+    num_classes: int = 2  # classification only
+    scale: float = 1.0  # regression only: the head predicts target / scale
+    weight: float = 1.0  # fixed weight (ignored by uncertainty weighting, except 0 = task off)
+
+    def __post_init__(self) -> None:
+        if self.kind == "classification" and self.num_classes < 2:
+            raise ValueError(f"task {self.name}: a classification needs num_classes >= 2, got {self.num_classes}")
+        if self.kind == "regression" and self.scale <= 0:
+            raise ValueError(f"task {self.name}: regression scale must be > 0, got {self.scale}")
+        if self.weight < 0:
+            raise ValueError(f"task {self.name}: weight must be >= 0, got {self.weight}")
+
+    @property
+    def out_dim(self) -> int:
+        return self.num_classes if self.kind == "classification" else 1
 
 
 @dataclass

@@ -14,7 +14,8 @@ with the recognizer's optimizer: ``list(model.recognizer_parameters()) + list(de
   zero when no linear combination of one code predicts the other across the batch.
 
 ``loss = w_kind_adv * kind_adv + w_id_adv * id_adv + w_occ_kind * occ_kind + w_decorr * decorr``; a zero
-weight skips the term (its classifier then gets no gradient: DDP needs ``find_unused_parameters``).
+weight skips the term (its classifier then gets no gradient; the trainer's explicit gradient all-reduce
+sends zeros for it, so several processes need nothing special).
 Labels / kinds ``-1`` (unknown identity, unmasked face) are ignored. ``parts`` also holds the adversaries'
 accuracies (``kind_adv_acc``, ``id_adv_acc``; detached): near chance means the codes are decoupled.
 """
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meer.models.grad_reverse import grad_reverse
+from meer.losses.grad_reverse import grad_reverse
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meer.models.maskmtl import TaskSpec
+from meer.data.multitask import TaskSpec
 from meer.utils.errors import MeerError
 
 Weighting = Literal["fixed", "uncertainty"]

@@ -17,28 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from meer.data.multitask import TaskSpec  # declared with the targets it names (data layer); also importable here
 from meer.utils.errors import MeerError
-
-
-@dataclass
-class TaskSpec:
-    name: str  # the item key holding the target
-    kind: Literal["classification", "regression"] = "classification"
-    num_classes: int = 2  # classification only
-    scale: float = 1.0  # regression only: the head predicts target / scale
-    weight: float = 1.0  # fixed weight (ignored by uncertainty weighting, except 0 = task off)
-
-    def __post_init__(self) -> None:
-        if self.kind == "classification" and self.num_classes < 2:
-            raise ValueError(f"task {self.name}: a classification needs num_classes >= 2, got {self.num_classes}")
-        if self.kind == "regression" and self.scale <= 0:
-            raise ValueError(f"task {self.name}: regression scale must be > 0, got {self.scale}")
-        if self.weight < 0:
-            raise ValueError(f"task {self.name}: weight must be >= 0, got {self.weight}")
-
-    @property
-    def out_dim(self) -> int:
-        return self.num_classes if self.kind == "classification" else 1
 
 
 @dataclass
