@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from meer.training import loop, phases
+from meer.training import loop, meer_task, phases
 from meer.training.ema import EMA
 from test_training_loop import _task_and_batch, dataset, tiny  # noqa: F401  (fixture)
 
@@ -110,7 +110,7 @@ def test_ema_averages_batchnorm_statistics_like_the_weights():
 
 def test_validation_scores_the_exported_model(dataset, tmp_path, monkeypatch):
     seen, built = [], []
-    real_validate, real_build = loop.validate, loop.TASKS["meer"].build
+    real_validate, real_build = meer_task.validate, meer_task.build
 
     def spy_validate(model, *args, **kwargs):
         seen.append(model)
@@ -120,8 +120,8 @@ def test_validation_scores_the_exported_model(dataset, tmp_path, monkeypatch):
         built.append(real_build(*args, **kwargs))
         return built[-1]
 
-    monkeypatch.setattr(loop, "validate", spy_validate)
-    monkeypatch.setattr(loop.TASKS["meer"], "build", spy_build)
+    monkeypatch.setattr(meer_task, "validate", spy_validate)
+    monkeypatch.setattr(meer_task, "build", spy_build)
     result = loop.train(tiny(dataset, tmp_path))
     task = built[0]
     assert seen and all(m is task.eval_model() for m in seen) and task.eval_model() is not task.live_model()

@@ -109,8 +109,10 @@ def test_pretrained_dlib_encoder_starts_as_dlib(dataset, tmp_path):
     cfg, task, batch = _task_and_batch(dataset, tmp_path, "model.image_size=112", "model.encoder=dlib",
                                        "model.id_dim=256", "model.embedding_dim=128", batch_size=2)
     from meer.data.identity_folders import IdentityFolderDataset
+    from meer.training.data import collate
+    from meer.training.task import TaskData
 
-    task.prepare(IdentityFolderDataset(dataset, image_size=112))
+    task.prepare(TaskData(train=IdentityFolderDataset(dataset, image_size=112), collate=collate, batch_size=2))
     net = load_dlib_resnet()
     for p_model, p_ema in zip(task.model.encoder.trunk.parameters(), task.ema.model.encoder.trunk.parameters()):
         assert torch.equal(p_model, p_ema)

@@ -11,10 +11,11 @@ from typing import Any, Literal, Optional
 
 from meer.config import ConfigError
 from meer.models.meer import MEERConfig
+from meer.training.tasks import TASKS
 from meer.training.tasks.eum_srt import EUMTaskConfig
 from meer.training.tasks.maskmtl import MaskMTLTaskConfig
 
-Task = Literal["meer", "eum_srt", "maskmtl"]  # baselines: meer.training.tasks.<name>
+Task = Literal[tuple(TASKS)]  # the task registry, meer.training.tasks.TASKS: meer, eum_srt, maskmtl
 
 
 @dataclass
@@ -38,8 +39,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    # Adam for everything, as in GAN practice; recognizer = encoder + decoupling + recognition head
-    # + margin head + the decoupling adversaries; generator = decoder; D = both discriminators
+    # MEER: Adam for everything, as in GAN practice; recognizer = encoder + decoupling + recognition head
+    # + margin head + the decoupling adversaries; generator = decoder; D = both discriminators.
+    # The schedule keys (schedule, warmup_steps, min_lr_ratio, milestones, gamma) apply to every task.
     lr_r: float = 1e-3
     lr_g: float = 2e-4
     lr_d: float = 2e-4
@@ -174,8 +176,10 @@ class TrainConfig:
     val: ValConfig = field(default_factory=ValConfig)
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    eum: EUMTaskConfig = field(default_factory=EUMTaskConfig)  # task: eum_srt (data/optim above: data only)
-    maskmtl: MaskMTLTaskConfig = field(default_factory=MaskMTLTaskConfig)  # task: maskmtl (own data section)
+    # task: eum_srt (also reads data, masking, val and optim's schedule keys)
+    eum: EUMTaskConfig = field(default_factory=EUMTaskConfig)
+    # task: maskmtl (own data section; also reads optim's schedule keys)
+    maskmtl: MaskMTLTaskConfig = field(default_factory=MaskMTLTaskConfig)
 
     def __post_init__(self) -> None:
         check(self)

@@ -6,6 +6,10 @@
 * Masks are drawn on the device, per batch, by ``MaskAugment`` with the run's augmentation
   generator (saved in checkpoints). In a run with ``w`` processes every rank draws the masks of
   the whole global batch and keeps its slice, so 1 process and ``w`` processes see the same masks.
+
+:class:`IdentityFolderTask` is the data half of the tasks that train on identity folders (MEER and
+EUM/SRT): ``build_data`` (the splits, the masking op, the validation set) and ``make_batch`` (flip +
+mask on the device -> :class:`meer.training.phases.Batch`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ from torch.utils.data import Dataset
 
 from meer.data.identity_folders import IdentityFolderDataset
 from meer.data.splits import read_identity_list
+from meer.masking.batch import MaskAugment
+from meer.training.distributed import DistInfo
+from meer.training.phases import Batch
+from meer.training.task import Task, TaskData
+from meer.training.validate import build_val_set
 from meer.utils.errors import MeerError
 
 
@@ -135,3 +144,42 @@ def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int,
     sl = slice(rank * b, (rank + 1) * b)
     kind = info["kind"].to(device=clean.device, dtype=torch.long)
     return full[sl], masked[sl].clamp(0, 1), mask[sl].float(), kind[sl]
+
+
+def describe_splits(splits: Splits, images_per_identity: int) -> str:
+    return (f"train: {len(splits.train) - splits.train.num_unlabeled} images of {splits.train.num_classes} identities"
+            + (f" + {splits.train.num_unlabeled} unlabelled faces" if splits.train.num_unlabeled else "") + "; "
+            f"validation: {len(splits.val_names)} held-out identities (up to {images_per_identity} images each); "
+            f"{len(splits.eval_only)} evaluation-only identities excluded")
+
+
+class IdentityFolderTask(Task):
+    """Tasks trained on identity folders (``data`` section): masked on the fly, validated on held-out
+    identities. ``data.info`` holds ``num_classes``, ``num_mask_kinds``, ``masking`` (the ``MaskAugment``
+    op) and ``splits``; a subclass sets ``self.cfg``, ``self.dist`` and ``self.masking``."""
+
+    cfg: object
+    dist: DistInfo
+    masking: MaskAugment | None
+
+    @classmethod
+    def build_data(cls, cfg, dist: DistInfo) -> TaskData:
+        dc = cfg.data
+        splits = build_splits(dc, cfg.seed, cfg.model.image_size)
+        masking = MaskAugment(**cfg.masking) if cfg.masking else MaskAugment()
+        make_val = None
+        if splits.val is not None:
+            def make_val():
+                return build_val_set(splits.val, dc.val_images_per_identity, cfg.val.pairs, masking, cfg.seed)
+        return TaskData(train=splits.train, collate=collate, batch_size=dc.batch_size, num_workers=dc.num_workers,
+                        summary=[describe_splits(splits, dc.val_images_per_identity)], make_val=make_val,
+                        info={"num_classes": splits.train.num_classes, "num_mask_kinds": len(MaskAugment.KINDS),
+                              "masking": masking, "splits": splits})
+
+    def make_batch(self, raw: dict, generator: torch.Generator) -> Batch:
+        if self.masking is None:
+            raise MeerError(f"{type(self).__name__} was built without a masking op: build it with from_data")
+        device = self.dist.device
+        clean, masked, mask, kind = augment(raw["clean"].to(device, non_blocking=True), self.masking, generator,
+                                            self.dist.rank, self.dist.world_size, self.cfg.data.hflip)
+        return Batch(clean=clean, masked=masked, mask=mask, labels=raw["identity"].to(device), kind=kind)

@@ -1,25 +1,25 @@
 """The ``task: meer`` step: builds MEER, its losses, discriminators and optimisers, and runs one step.
 
-A task module offers ``build(cfg, num_classes, num_mask_kinds, dist) -> TaskState`` and the state
-offers ``train_step(batch, step, nimg)``, ``state_dict()`` / ``load_state_dict()``, ``param_counts()``,
-``eval_model()`` (the model used for restore metrics and export) and ``live_model()``.
+:class:`MEERTask` implements :class:`meer.training.task.Task` (data: identity folders, see
+:class:`meer.training.data.IdentityFolderTask`); its hooks initialise the encoder and template prior
+(``prepare``), validate and export the EMA model and draw the image grid.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import re
-import warnings
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from meer.config import ConfigError
+from meer.config import ConfigError, to_dict
 from meer.losses.decoupling import DecouplingLoss
 from meer.losses.margin import MarginHead
 from meer.losses.reconstruction import ReconstructionLoss
+from meer.masking.batch import MaskAugment
+from meer.models.checkpoint import save_inference_checkpoint
 from meer.models.discriminator_local import LocalDiscriminator
 from meer.models.discriminator_patch import PatchDiscriminator
 from meer.models.dlib_resnet import cached_state_dict
@@ -27,34 +27,29 @@ from meer.models.meer import MEER
 from meer.models.teacher import build_teacher
 from meer.training import distributed as dd
 from meer.training import phases
+from meer.training.data import IdentityFolderTask
 from meer.training.distributed import DistInfo
 from meer.training.ema import EMA
-from meer.training.schedule import build_scheduler
+from meer.training.task import (NonFiniteLoss, TaskData, autocast_factory, build_schedulers, clip_grad_norm,
+                                count_params, step_schedulers)
+from meer.training.validate import ValSet, validate
 from meer.utils.errors import MeerError
 
+__all__ = ["MEERTask", "NonFiniteLoss", "autocast_factory", "build", "EXPORT_NAME"]
 
-class NonFiniteLoss(MeerError):
-    """A loss or gradient became NaN/Inf."""
+#: the inference checkpoint a run ends with (EMA weights), for meer-restore --checkpoint
+EXPORT_NAME = "meer_inference.pt"
 
-
-def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """``amp`` -> a context-manager factory (``nullcontext`` for fp32)."""
-    if amp == "none":
-        return contextlib.nullcontext
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp: fp16 needs a CUDA device (use amp=bf16 on CPU)")
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+_count = count_params
 
 
-def _count(params) -> int:
-    return sum(p.numel() for p in params)
+class MEERTask(IdentityFolderTask):
+    name = "meer"
 
-
-class MEERTask:
-    def __init__(self, cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo):
+    def __init__(self, cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo, masking: MaskAugment | None = None):
         self.cfg = cfg
         self.dist = dist
+        self.masking = masking  # the data's MaskAugment (from_data); None: train_step only, no make_batch
         device = dist.device
         lc = cfg.loss
         model_cfg = dataclasses.replace(cfg.model, num_mask_kinds=num_mask_kinds)
@@ -115,20 +110,22 @@ class MEERTask:
             # lazy R1 is added into the same D step (stylegan2-ada's lr/beta correction is for R1 as a separate
             # optimiser step, which this loop does not take), so D keeps its configured lr and betas
             self.opt_d = torch.optim.Adam(self.params_d, lr=oc.lr_d, betas=tuple(oc.betas_d))
-        sched = dict(kind=oc.schedule, total_steps=cfg.total_steps, warmup_steps=oc.warmup_steps,
-                     min_ratio=oc.min_lr_ratio, milestones=oc.milestones, gamma=oc.gamma)
         self.optimizers = {"r": self.opt_r, "g": self.opt_g}
         if self.opt_d is not None:
             self.optimizers["d"] = self.opt_d
-        self.schedulers = {k: build_scheduler(o, **sched) for k, o in self.optimizers.items()}
+        self.schedulers = build_schedulers(self.optimizers, cfg)
         fp16 = cfg.amp == "fp16"
         self.autocast = autocast_factory(cfg.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)
         self.scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
         self.ema = EMA(self.model, cfg.ema.half_life_kimg, cfg.ema.rampup) if cfg.ema.enabled else None
 
+    @classmethod
+    def from_data(cls, cfg, data: TaskData, dist: DistInfo) -> "MEERTask":
+        return build(cfg, data.info["num_classes"], data.info["num_mask_kinds"], dist, masking=data.info["masking"])
+
     @torch.no_grad()
-    def prepare(self, train_set, max_images: int = 512) -> str | None:
+    def prepare(self, data: TaskData, max_images: int = 512) -> str | None:
         """Before the first step of a fresh run (resumed runs load all of this instead):
 
         * ``model.encoder: dlib`` with ``encoder_pretrained``: the encoder and the recognition head start from
@@ -148,6 +145,7 @@ class MEERTask:
                 m.head.net[1].weight.copy_(fc)
             messages.append("encoder and recognition head initialised from dlib's face ResNet")
         if self.model.generator.template is not None:
+            train_set = data.train
             n = len(train_set)
             idx = torch.linspace(0, n - 1, min(n, max_images)).round().long().unique().tolist()
             mean = torch.stack([train_set[i]["clean"] for i in idx]).mean(dim=0)
@@ -155,6 +153,35 @@ class MEERTask:
                 m.generator.init_template(mean)
             messages.append(f"generator template initialised from the mean of {len(idx)} training faces")
         return "; ".join(messages) or None
+
+    def notes(self) -> list[str]:
+        if self.recon is not None and self.cfg.loss.w_lpips > 0 and not self.recon.lpips_is_real:
+            return ["LPIPS: no pretrained trunk in the local cache; training with a random-trunk feature "
+                    "distance (logged as loss/perceptual_random_trunk, never reported as LPIPS)"]
+        return []
+
+    def validate(self, val_set: ValSet) -> dict[str, float]:
+        """Restore and verification metrics of the exported (EMA) model (``meer.training.validate``)."""
+        return validate(self.eval_model(), val_set, self.cfg.val.batch_size, self.dist.device, self.autocast)
+
+    @torch.no_grad()
+    def grid(self, batch: phases.Batch, n: int) -> list[torch.Tensor]:
+        """Rows: masked input / predicted occlusion map / restored (EMA) / clean target."""
+        model = self.eval_model()
+        was = model.training
+        model.eval()
+        with self.autocast():
+            restored, occ = model.restore(batch.masked[:n])
+        model.train(was)
+        return [batch.masked[:n], occ.float(), restored.float(), batch.clean[:n]]
+
+    def export(self, run_dir: Path, meta: dict[str, Any]) -> Path:
+        """``meer_inference.pt``: the EMA weights for ``meer-restore --checkpoint`` (a run stopped early
+        exports too; ``meta`` says the step)."""
+        path = Path(run_dir) / EXPORT_NAME
+        save_inference_checkpoint(self.eval_model(), path, meta={
+            **meta, "ema": self.cfg.ema.enabled, "train_config": to_dict(self.cfg)})
+        return path
 
     # ------------------------------------------------------------------------------------------
 
@@ -295,10 +322,7 @@ class MEERTask:
                 stats[f"loss/{k}"] = float(v.detach())
             stats["loss/d_total"] = float(d_total.detach())
 
-        with warnings.catch_warnings():  # a skipped fp16 step makes the scheduler warn about the order
-            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
-            for sched in self.schedulers.values():
-                sched.step()
+        step_schedulers(self.schedulers)
         if self.ema is not None and not skipped:
             stats["ema_beta"] = self.ema.update(self.model, self.cfg.data.batch_size, nimg)
         for k, v in parts.items():  # every part unweighted (the weights are in the config)
@@ -341,15 +365,11 @@ class MEERTask:
                         sub.eval()
 
     def _clip(self, params: list[nn.Parameter]) -> float:
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
-        grads = [p for p in params if p.grad is not None]
-        if not grads:
-            return 0.0
-        return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
+        return clip_grad_norm(params, self.cfg.optim.grad_clip)
 
 
-def build(cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo) -> MEERTask:
+def build(cfg, num_classes: int, num_mask_kinds: int, dist: DistInfo, masking: MaskAugment | None = None) -> MEERTask:
     try:
-        return MEERTask(cfg, num_classes, num_mask_kinds, dist)
+        return MEERTask(cfg, num_classes, num_mask_kinds, dist, masking=masking)
     except ValueError as exc:  # the model/loss constructors check their sizes with ValueError
         raise ConfigError(f"config does not build a model: {exc}") from None

