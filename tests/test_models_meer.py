@@ -174,7 +174,7 @@ def test_recognizer_frozen_path_still_updates_nothing_but_the_generator_and_matc
 
 
 def test_every_parameter_gets_a_gradient_in_a_full_step():
-    """What DDP needs without find_unused_parameters: all MEER parameters used by a normal G+R step."""
+    """A normal G+R step trains every MEER parameter (none is dead weight in the default configuration)."""
     m = model()
     dec = DecouplingLoss(16, 8, num_identities=5, num_mask_kinds=3)
     head = MarginHead(32, 5)

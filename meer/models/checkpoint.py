@@ -45,7 +45,8 @@ def _plain(value: Any, where: str) -> Any:
 
 
 def save_inference_checkpoint(model: MEER, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Save ``model`` (unwrapped from DDP if needed) for inference; floating weights stored as float16."""
+    """Save ``model`` (unwrapped from a ``.module`` wrapper such as DDP, if given one) for inference; floating
+    weights stored as float16."""
     model = getattr(model, "module", model)
     if not isinstance(model, MEER):
         raise TypeError(f"save_inference_checkpoint expects a MEER model, got {type(model).__name__}")

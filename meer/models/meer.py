@@ -23,20 +23,23 @@ aligned face ``x`` (``B x 3 x S x S`` in [0, 1], mapped to [-1, 1] inside):
 4. **Generator** (:class:`~meer.models.generator.UNetGenerator`): U-Net decoder; the identity code is broadcast
    at the bottleneck and modulates every level (FiLM); encoder skips are multiplied by the downsampled
    visibility ``1 - M``. Output composited ``restored = M * G(x) + (1 - M) * x`` (computed with ``torch.where``
-   so that pixels with ``M == 0`` are bit-identical to the input). ``M`` is the ground-truth mask when given
-   (training), else the predicted map binarised at ``infer_threshold`` and dilated by ``infer_dilate`` pixels
-   (a flat square dilation, identical to ``kornia.morphology.dilation``).
+   so that pixels with ``M == 0`` are bit-identical to the input). At inference ``M`` is the predicted map
+   binarised at ``infer_threshold`` and dilated by ``infer_dilate`` pixels (a flat square dilation, identical to
+   ``kornia.morphology.dilation``); a given ground-truth mask replaces it, or with ``union_predicted`` is united
+   with it (training's default composite, ``loss.composite: union``).
 5. **Id-preserving branch**: ``forward(masked, mask, clean=clean)`` also embeds the restored and the clean face
-   in the same call (one forward per step, which keeps DDP simple). ``id_grad_to_generator`` /
-   ``id_grad_to_recognizer`` stop the gradient of that loss into either side (ablations).
+   in the same call (one forward per step). ``id_grad_to_generator`` / ``id_grad_to_recognizer`` stop the
+   gradient of that loss into either side (ablations).
 
 Gradient routing switches: ``gen_grad_to_encoder=False`` detaches the encoder features and identity code the
 generator reads, so reconstruction/adversarial losses train only the generator.
 
 Discriminators (:mod:`~meer.models.discriminator_patch`, :mod:`~meer.models.discriminator_local`) and all
-losses are separate modules; the training loop owns them. DDP: in a normal step (all loss weights > 0) every
-parameter of ``MEER`` receives a gradient; an ablation that zeroes a loss (e.g. no decoupling loss -> the
-occlusion-code layers are unused) needs ``find_unused_parameters=True``.
+losses are separate modules; the training task owns them. In a normal step (all loss weights > 0) every
+parameter of ``MEER`` receives a gradient; an ablation that zeroes a loss leaves some unused (e.g. no
+decoupling loss -> the occlusion-code layers). Several processes need nothing special for that: the trainer
+averages gradients itself (``meer.training.distributed.average_gradients``, zeros for a missing gradient),
+not through ``DistributedDataParallel``.
 """
 from __future__ import annotations
 
