@@ -55,12 +55,13 @@ def summarize(name: str, res: dict) -> list[str]:
                 L.append(f"| {x['source']} | {x['judge']} | {k} (gallery {x['gallery']}) | {pct(v['rank1'])} "
                          f"({pct(v['rank1_ci95'][0])}-{pct(v['rank1_ci95'][1])}) | {v['probes_scored']} |")
     if res["quality"]:
-        L += ["", "| synthetic masks: method | PSNR face dB | SSIM face | PSNR mask dB | SSIM mask | judge cosine restored vs clean |",
-              "|---|---|---|---|---|---|"]
+        L += ["", "| synthetic masks: method | PSNR face dB | SSIM face | PSNR mask dB | SSIM mask | judge cosine restored vs clean | dlib distance restored vs clean |",
+              "|---|---|---|---|---|---|---|"]
         for q in res["quality"]:
             cos = ", ".join(f"{k[7:]} {q[k]:.3f}" for k in q if k.startswith("cosine_"))
+            dist = ", ".join(f"{k[9:]} {q[k]:.3f}" for k in q if k.startswith("distance_dlib"))
             L.append(f"| {q['method']} | {q['psnr_face']:.2f} | {q['ssim_face']:.3f} | {q['psnr_mask']:.2f} | "
-                     f"{q['ssim_mask']:.3f} | {cos} |")
+                     f"{q['ssim_mask']:.3f} | {cos} | {dist} |")
     if res["detectability"]:
         cols = list(dict.fromkeys(k for d in res["detectability"] for k in d if k not in ("source", "images")))
         L += ["", "| masks | dlib HOG finds the face again: " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]

@@ -407,8 +407,10 @@ def quality_block(views: Views, embeddings: dict, comp: Components, methods: lis
         for jname, emb in embeddings.items():
             both = [p for p in paths if (view, p) in emb and ("clean", p) in emb]
             if both:
-                c = cosine(np.stack([emb[(view, p)] for p in both]), np.stack([emb[("clean", p)] for p in both]))
-                row[f"cosine_{jname}"] = float(c.mean())
+                a, b = np.stack([emb[(view, p)] for p in both]), np.stack([emb[("clean", p)] for p in both])
+                row[f"cosine_{jname}"] = float(cosine(a, b).mean())
+                # the judge's own distance for Euclidean judges (dlib: same person below 0.6)
+                row[f"distance_{jname}"] = float(np.linalg.norm(a - b, axis=1).mean())
         out.append(row)
     return out
 

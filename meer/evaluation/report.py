@@ -180,7 +180,9 @@ def render_markdown(r: dict) -> str:
             cos_keys = sorted({k for q in r["quality"] for k in q if k.startswith("cosine_")})
             has_lpips = any("lpips_face" in q for q in r["quality"])
             head = ["method", "PSNR face dB", "SSIM face", "PSNR mask dB", "SSIM mask"] + (["LPIPS face"] if has_lpips else [])
+            dist_keys = sorted({k for q in r["quality"] for k in q if k.startswith("distance_dlib")})
             head += [f"cos({k[7:]}) restored vs clean" for k in cos_keys]
+            head += [f"{k[9:]} distance restored vs clean" for k in dist_keys]
             L += ["### restoration quality against the unmasked photo", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             for q in r["quality"]:
@@ -188,7 +190,7 @@ def render_markdown(r: dict) -> str:
                 row = [q["method"], f(q["psnr_face"]), f(q["ssim_face"], 3), f(q["psnr_mask"]), f(q["ssim_mask"], 3)]
                 if has_lpips:
                     row.append(f(q.get("lpips_face"), 3))
-                row += [f(q.get(k), 3) for k in cos_keys]
+                row += [f(q.get(k), 3) for k in cos_keys + dist_keys]
                 L.append("| " + " | ".join(row) + " |")
             empty = r["quality"][0].get("empty_masks", 0)
             if empty:
