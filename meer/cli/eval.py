@@ -3,6 +3,8 @@
     meer-eval DATA --out REPORT_DIR [--pairs FILE] [--identities FILE] [--aligned]
               [--methods none telea meer meer-embed eum] [--judges dlib dlib-torch meer facenet] [--checkpoint PATH]
     meer-eval make-pairs DATA --out pairs.txt [--identities FILE] [--folds 10] [--per-fold 300] [--seed 0]
+    meer-eval DATA --pairs pairs.txt --as-is --out REPORT_DIR   (published protocol, images as given: MFR2, LFW)
+    meer-eval lfw.bin --out REPORT_DIR                          (insightface verification .bin, image + flip)
 """
 from __future__ import annotations
 
@@ -26,11 +28,16 @@ def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="Evaluate masked-face recognition and restoration: "
                                 "verification (10-fold accuracy, AUC, EER, TAR@FAR), rank-1, restoration quality, "
                                 "detectability. Subcommand: 'meer-eval make-pairs' writes a pairs file.")
-    p.add_argument("data", type=Path, help="identity folders: DATA/<id>/*.jpg or DATA/<id>/{masked,unmasked}/*")
+    p.add_argument("data", type=Path, help="identity folders: DATA/<id>/*.jpg or DATA/<id>/{masked,unmasked}/*; "
+                   "or an insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.md, results.json, PNGs)")
     p.add_argument("--pairs", type=Path, help="LFW pairs.txt-format file (default: generate and save pairs.txt)")
     p.add_argument("--identities", type=Path, help="only these identities (one per line), e.g. an eval-only split")
     p.add_argument("--aligned", action="store_true", help="DATA holds 112x112 ArcFace-aligned crops")
+    p.add_argument("--as-is", action="store_true", help="score the --pairs pairs on the images exactly as given "
+                   "(no synthetic masks; e.g. MFR2 or LFW with their own pairs.txt)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="embed each image with its horizontal flip (default: on for .bin, off for --as-is)")
     p.add_argument("--methods", nargs="+", default=["none", "telea", "meer", "meer-embed", "eum"],
                    help="none telea meer meer-embed eum (unavailable ones are skipped with a note)")
     p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"],
@@ -110,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.data.exists():
         raise MeerError(f"data folder not found: {args.data}")
-    out = check_output_dir(args.data, args.out)
+    is_bin = args.data.is_file() and args.data.suffix.lower() == ".bin"
+    if args.flip is not None and not (args.as_is or is_bin):
+        raise MeerError("--flip applies to --as-is runs and .bin files only")
+    if args.data.is_file() and not is_bin:
+        raise MeerError(f"{args.data} is a file: DATA is a folder of identity folders or a verification .bin")
+    out = args.out.resolve() if is_bin else check_output_dir(args.data, args.out)
     if (out / "report.md").exists() and not args.overwrite:
         raise MeerError(f"{out / 'report.md'} already exists (use --overwrite to replace it)")
     if args.folds < 2:
@@ -120,14 +132,35 @@ def main(argv: list[str] | None = None) -> int:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     model, key, why = load_model(args)
-    comp = build_components(args.methods, args.judges, model, key, why, args.device, eum_path=args.eum)
     cache = None if args.no_cache else (args.cache or default_cache())
+    if args.as_is or is_bin:
+        return published_main(args, out, model, key, why, cache)
+    comp = build_components(args.methods, args.judges, model, key, why, args.device, eum_path=args.eum)
     opts = EvalOptions(data=args.data, out=out, pairs=args.pairs, identities=args.identities, aligned=args.aligned,
                        seed=args.seed, folds=args.folds, per_fold=args.per_fold, cache_dir=cache, grid=args.grid,
                        progress=not args.quiet)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     results = run_evaluation(opts, comp)
+    for n in results["notes"]:
+        print(f"{PROG}: note: {n}", file=sys.stderr)
+    print(f"{PROG}: report written to {out / 'report.md'} ({results['seconds']} s)")
+    return EXIT_OK
+
+
+def published_main(args, out: Path, model, key: str, why: str | None, cache: Path | None) -> int:
+    """``--as-is`` and ``.bin`` runs: the images as given, the protocol's own pairs."""
+    from meer.evaluation.components import build_components
+    from meer.evaluation.published import PublishedOptions, run_published
+
+    comp = build_components(args.methods, args.judges, model, key, why, args.device, synthetic=False,
+                            eum_path=args.eum)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    opts = PublishedOptions(data=args.data, out=out, pairs=args.pairs, identities=args.identities,
+                            aligned=args.aligned, folds=args.folds, seed=args.seed, cache_dir=cache,
+                            progress=not args.quiet, flip=args.flip)
+    results = run_published(opts, comp)
     for n in results["notes"]:
         print(f"{PROG}: note: {n}", file=sys.stderr)
     print(f"{PROG}: report written to {out / 'report.md'} ({results['seconds']} s)")

@@ -100,8 +100,13 @@ def _parse_int(text: str) -> int | None:
         return None
 
 
-def parse_pairs(text: str, source: str = "<pairs>") -> tuple[list[tuple[int, Pair]], int, int]:
-    """Parse pairs text into ``[(line number, Pair)]``, ``n_folds``, ``per_fold`` (paths unset)."""
+def parse_pairs(text: str, source: str = "<pairs>", problems: list[str] | None = None
+                ) -> tuple[list[tuple[int, Pair]], int, int]:
+    """Parse pairs text into ``[(line number, Pair)]``, ``n_folds``, ``per_fold`` (paths unset).
+
+    By default a malformed line or a header that does not match the body raises :class:`MeerError`. With a
+    ``problems`` list, each of them is appended there as one line naming the file and line, and the rest is
+    read (a malformed line keeps its slot, so the fold of every other line stays as the header says)."""
     lines = [(n, ln) for n, ln in enumerate(text.splitlines(), start=1) if ln.strip()]
     if not lines:
         raise MeerError(f"{source}: empty pairs file")
@@ -116,8 +121,11 @@ def parse_pairs(text: str, source: str = "<pairs>") -> tuple[list[tuple[int, Pai
             raise MeerError(f"{source}:{lines[0][0]}: header must hold positive numbers, got {lines[0][1].strip()!r}")
         body = lines[1:]
         if len(body) != 2 * n_folds * per_fold:
-            raise MeerError(f"{source}: header announces {n_folds} fold(s) x {2 * per_fold} pairs = "
-                            f"{2 * n_folds * per_fold} lines, found {len(body)}")
+            msg = (f"{source}: header announces {n_folds} fold(s) x {2 * per_fold} pairs = "
+                   f"{2 * n_folds * per_fold} lines, found {len(body)}")
+            if problems is None:
+                raise MeerError(msg)
+            problems.append(msg)
     else:
         n_folds, per_fold, body = 1, 0, lines
     out = []
@@ -129,9 +137,17 @@ def parse_pairs(text: str, source: str = "<pairs>") -> tuple[list[tuple[int, Pai
         elif len(f) == 4 and _parse_int(f[1]) is not None and _parse_int(f[3]) is not None:
             pair = Pair(f[0], int(f[1]), f[2], int(f[3]), fold)
         else:
-            raise MeerError(f"{source}:{n}: expected 'name i j' or 'name1 i name2 j', got {ln.strip()!r}")
+            msg = f"{source}:{n}: expected 'name i j' or 'name1 i name2 j', got {ln.strip()!r}"
+            if problems is None:
+                raise MeerError(msg)
+            problems.append(msg)
+            continue
         if pair.index_a < 1 or pair.index_b < 1:
-            raise MeerError(f"{source}:{n}: image numbers are 1-based, got {ln.strip()!r}")
+            msg = f"{source}:{n}: image numbers are 1-based, got {ln.strip()!r}"
+            if problems is None:
+                raise MeerError(msg)
+            problems.append(msg)
+            continue
         out.append((n, pair))
     if not per_fold:
         genuine = sum(p.same for _, p in out)

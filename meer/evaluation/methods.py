@@ -23,6 +23,8 @@ from meer.evaluation.judge_meer import to_tensor
 
 class Restorer(ABC):
     name: str = "restorer"
+    #: whether ``restore`` works from the mask it is given (images evaluated as given have none)
+    uses_mask: bool = False
     #: identifies the method's output for caches (change it when weights/settings change)
     cache_key: str = "restorer"
 
@@ -44,6 +46,7 @@ class TeleaRestorer(Restorer):
     """``cv2.inpaint(..., INPAINT_TELEA)`` of the mask, grown by ``dilate`` pixels to cover its rim."""
 
     name = "telea"
+    uses_mask = True
 
     def __init__(self, radius: int = 5, dilate: int = 3):
         self.radius = int(radius)
