@@ -11,10 +11,13 @@ On the evaluation-only identities of ../shared/data (never trained on):
   median is the headline (the promise: an unmasked face passes through, <= 1%).
 * ``wild``: ``--photos`` in-the-wild masked photos (RWMFD, sorted, first ones): per face, the share of pixels
   changed by more than 8 levels in the band just under the eyes (crop rows 58-68, cols 30-82, warped into the
-  photo), and the share of changed pixels that lie outside the model's own predicted occlusion (the leak).
+  photo; a mask worn over the nose covers part of it), the same over the band's pixels outside what the model
+  replaced (its predicted occlusion grown by the 2 px blend ring: they must keep their exact value), and the share of changed face pixels that lie outside
+  the model's own predicted occlusion (the blend ring at the mask's edge).
 * ``stripes``: synthetic masks on the LFW evaluation faces (aligned crops, seeded), restored in crop space;
   the restored lower face's spectral share at horizontal periods 2/4/8 px against the clean faces
-  (``meer.evaluation.quality.periodic_energy``; 1.0 = as clean faces).
+  (``meer.evaluation.quality.periodic_energy``; 1.0 = as clean faces), and the step across the crop's centre
+  column relative to the box's typical column step (a vertical seam where the generator's coarse cells meet).
 
 Writes ``user_view.json`` and ``stripes_zoom.jpg`` (restored lower faces of the bundled public-domain
 faces, zoomed 4x, nearest neighbour) to ``--out``; dataset photos are never written.
@@ -78,7 +81,7 @@ def passthrough(restorer, lfw: Path, ids: list[str], n: int) -> dict:
 
 def wild(restorer, root: Path, n: int) -> dict:
     files = sorted(root.glob("*/*.jpg"))[:n]
-    band_shares, leak_shares, faces = [], [], 0
+    band_shares, visible_band_shares, leak_shares, faces = [], [], [], 0
     for path in files:
         img = read_image(path)
         res = restorer.restore_image(img)
@@ -94,13 +97,20 @@ def wild(restorer, root: Path, n: int) -> dict:
             face_px = warp_region_back(np.ones((112, 112), np.float32), f.matrix, h, w) > 0.5
             if band_px.any():
                 band_shares.append(float(diff[band_px].mean()))
+            # band pixels outside what the model replaced (its predicted occlusion + the 2 px blend ring)
+            replaced = warp_region_back((f.region > 0).astype(np.float32), f.matrix, h, w) > 0.01
+            visible_band = band_px & ~replaced
+            if visible_band.any():
+                visible_band_shares.append(float(diff[visible_band].mean()))
             changed_face = diff & face_px
             if changed_face.any():
                 leak_shares.append(float((changed_face & ~occluded).sum() / changed_face.sum()))
-    b, lk = np.array(band_shares), np.array(leak_shares)
+    b, vb, lk = np.array(band_shares), np.array(visible_band_shares), np.array(leak_shares)
     return {"photos": len(files), "faces": faces,
             "band_under_eyes_median_share_changed": float(np.median(b)) if len(b) else None,
             "band_under_eyes_mean_share_changed": float(b.mean()) if len(b) else None,
+            "band_under_eyes_visible_median_share_changed": float(np.median(vb)) if len(vb) else None,
+            "band_under_eyes_visible_mean_share_changed": float(vb.mean()) if len(vb) else None,
             "changed_outside_predicted_occlusion_median": float(np.median(lk)) if len(lk) else None}
 
 
@@ -127,7 +137,15 @@ def stripes(restorer, lfw: Path, ids: list[str], per_id: int = 4, seed: int = 0)
     covered = mask[:, 0, y0:y1, x0:x1].mean(dim=(1, 2)).numpy() > 0.9  # lower face fully under the mask
     r8, c8 = to8(restored)[covered, y0:y1, x0:x1], to8(clean)[covered, y0:y1, x0:x1]
     er, ec = periodic_energy(r8), periodic_energy(c8)
+
+    def seam(a: np.ndarray) -> float:
+        """Mean |horizontal step| across the crop's centre column (x 55|56) over the box's median column step."""
+        g = np.abs(np.diff(a.astype(np.float64).mean(axis=-1), axis=2)).mean(axis=1)  # N x (W-1)
+        centre = 56 - x0 - 1
+        return float(np.median(g[:, centre] / np.median(g, axis=1).clip(min=1e-6)))
+
     return {"faces": int(covered.sum()),
+            "centre_seam_restored": seam(r8), "centre_seam_clean": seam(c8),
             **{f"period_{p}px_ratio_to_clean": float(np.median(er[p]) / max(np.median(ec[p]), 1e-12)) for p in er},
             **{f"period_{p}px_share_restored": float(np.median(er[p])) for p in er},
             **{f"period_{p}px_share_clean": float(np.median(ec[p])) for p in ec}}
