@@ -9,7 +9,7 @@ DEMO_OUT ?= demo_output
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test,judge]"
+	$(PY) -m pip install -q -e ".[test,judge,export]"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meer.utils.tensors import hw
+
 
 class OcclusionHead(nn.Module):
     """Top-down feature pyramid from the deepest level to level 1 that predicts occlusion logits."""
@@ -45,7 +47,7 @@ class OcclusionHead(nn.Module):
         levels = feats[1:]
         p = self.laterals[-1](levels[-1])
         for lat, f in zip(reversed(self.laterals[:-1]), reversed(levels[:-1])):
-            p = F.interpolate(p, size=f.shape[-2:], mode="nearest") + lat(f)
+            p = F.interpolate(p, size=hw(f), mode="nearest") + lat(f)
         logits = self.out(p)
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
@@ -90,13 +92,13 @@ class MaskDecoupling(nn.Module):
         deep = feats[-1]
         occ_logits = self.occ_head(feats, image_size)
         occ_map = torch.sigmoid(occ_logits.float())
-        gate = F.interpolate(occ_map, size=deep.shape[-2:], mode="area")
+        gate = F.interpolate(occ_map, size=hw(deep), mode="area")
         if self.detach_gate:
             gate = gate.detach()
         if self.id_pool:
             if pooled is None or to_pooled is None:
                 raise ValueError("a pooled identity code needs the map to pool and its warp (MEER's dlib encoder)")
-            g = F.adaptive_avg_pool2d(to_pooled(occ_map), pooled.shape[-2:])
+            g = F.adaptive_avg_pool2d(to_pooled(occ_map), hw(pooled))
             w = (1.0 - (g.detach() if self.detach_gate else g)).clamp_min(1e-3).to(pooled.dtype)
             id_code = (pooled * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
         else:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from meer.utils.tensors import hw
+
 
 def _groups(ch: int) -> int:
     return math.gcd(ch, 8)
@@ -114,7 +116,7 @@ class UNetGenerator(nn.Module):
         ``x``: the masked input in [-1, 1]. Returns ``B x 3 x H x W`` in [0, 1]."""
 
         def vis_at(t: torch.Tensor) -> torch.Tensor:
-            return F.interpolate(visible, size=t.shape[-2:], mode="area").to(t.dtype)
+            return F.interpolate(visible, size=hw(t), mode="area").to(t.dtype)
 
         deep = feats[-1]
         b, _, h, w = deep.shape
@@ -122,10 +124,10 @@ class UNetGenerator(nn.Module):
         seed = seed.expand(b, -1, h, w) if seed.shape[-2:] == (h, w) else F.interpolate(seed.expand(b, -1, -1, -1), size=(h, w))
         y = self.bottleneck(torch.cat([deep * vis_at(deep), seed.to(deep.dtype)], dim=1), id_code)
         for (conv_a, conv_b), skip in zip(self.ups, reversed(feats[:-1])):
-            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=hw(skip), mode="bilinear", align_corners=False)
             y = conv_a(torch.cat([y, (skip * vis_at(skip)).to(y.dtype)], dim=1), id_code)
             y = conv_b(y, id_code)
-        y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        y = F.interpolate(y, size=hw(x), mode="bilinear", align_corners=False)
         v = visible.to(y.dtype)
         y = self.to_rgb(torch.cat([y, (x * visible).to(y.dtype), v], dim=1)).float()
         if self.template is not None:
