@@ -18,6 +18,9 @@ from meer.utils.errors import MeerError
 from meer.utils.images import write_image
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def face(ident: int, shot: int, size: int = 112) -> np.ndarray:
     """A smooth identity-specific colour field plus a little per-photo noise."""
     base = np.random.default_rng(ident).integers(0, 256, (4, 4, 3)).astype(np.uint8)
