@@ -16,6 +16,11 @@ The masking op follows ``meer.masking.batch.MaskAugment``'s call convention
 with a batch of one. The roots are expected to hold aligned crops: landmarks are ``None`` (the
 ArcFace template) unless the root has an ``alignment.jsonl`` (written by ``meer-align``) giving
 each crop's own landmarks.
+
+A root may also be an insightface RecordIO set (``.../train.rec`` with ``train.idx`` beside it; read
+by :mod:`meer.data.recordio`, no mxnet): its identities are the integer labels of the set (named
+``<label>``, prefixed by the folder that holds the ``.rec`` when several roots are combined) and its
+items' ``path`` is ``<file>.rec#<record>``.
 """
 from __future__ import annotations
 
@@ -28,8 +33,9 @@ import torch
 from torch.utils.data import Dataset
 
 from meer.data.folders import scan_identity_root
-from meer.data.loading import load_image_tensor
+from meer.data.loading import load_image_tensor, resize_rgb, to_tensor
 from meer.data.masked_item import item_generator, mask_item
+from meer.data.recordio import is_recordio, open_recordio
 from meer.data.splits import EvalIdentities, check_split, in_split, resolve_eval_identities
 from meer.faces.folder import JSONL_NAME as ALIGNMENT_FILE, read_alignment
 from meer.utils.errors import MeerError
@@ -44,6 +50,7 @@ class Sample:
     path: Path
     label: int
     landmarks: np.ndarray | None  # (5, 2) in the file's own pixels, or None = template
+    record: int | None = None  # the record key when ``path`` is a RecordIO ``.rec``
 
 
 def named_roots(roots: Roots) -> list[tuple[str, Path]]:
@@ -54,7 +61,8 @@ def named_roots(roots: Roots) -> list[tuple[str, Path]]:
     if isinstance(roots, Mapping):
         items = [(str(k), Path(v)) for k, v in roots.items()]
     else:
-        items = [(Path(r).name, Path(r)) for r in roots]
+        # a RecordIO root is named by its folder (every insightface set calls its file train.rec)
+        items = [(Path(r).parent.name if is_recordio(r) else Path(r).name, Path(r)) for r in roots]
     if not items:
         raise MeerError("no dataset roots given")
     if len(items) == 1:
@@ -111,8 +119,10 @@ class IdentityFolderDataset(Dataset):
         self.samples: list[Sample] = []
         dropped_small = 0
         for prefix, r in self.roots:
-            tree = scan_identity_root(r)
-            landmarks = read_crop_landmarks(r)
+            rec = open_recordio(r) if is_recordio(r) else None
+            tree = ({str(k): v for k, v in sorted(rec.identities.items())} if rec is not None
+                    else scan_identity_root(r))
+            landmarks = read_crop_landmarks(r) if rec is None else {}
             for bare, files in tree.items():
                 name = f"{prefix}/{bare}" if prefix else bare
                 if not in_split(name, bare, self.split, self.eval_identities):
@@ -122,6 +132,10 @@ class IdentityFolderDataset(Dataset):
                     continue
                 label = len(self.identities)
                 self.identities.append(name)
+                if rec is not None:
+                    self.files[name] = [Path(f"{r}#{k}") for k in files]
+                    self.samples += [Sample(Path(r), label, None, int(k)) for k in files]
+                    continue
                 self.files[name] = files
                 for f in files:
                     self.samples.append(Sample(f, label, landmarks.get(f.resolve()) if landmarks else None))
@@ -147,8 +161,13 @@ class IdentityFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         s = self.samples[index]
-        clean, (w, h) = load_image_tensor(s.path, self.image_size)
-        item = {"clean": clean, "identity": s.label, "path": str(s.path)}
+        if s.record is not None:
+            rgb = open_recordio(s.path).image(s.record)
+            clean, (w, h) = to_tensor(resize_rgb(rgb, self.image_size)), (rgb.shape[1], rgb.shape[0])
+            item = {"clean": clean, "identity": s.label, "path": f"{s.path}#{s.record}"}
+        else:
+            clean, (w, h) = load_image_tensor(s.path, self.image_size)
+            item = {"clean": clean, "identity": s.label, "path": str(s.path)}
         if self.masking is None:
             return item
         landmarks = None

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meer.data.identity_folders import IdentityFolderDataset
+from meer.data.recordio import is_recordio
 from meer.data.splits import read_identity_list
 from meer.masking.batch import MaskAugment
 from meer.training.distributed import DistInfo
@@ -74,7 +75,7 @@ def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
     if not data_cfg.roots:
         raise MeerError("data.roots is empty: give at least one identity-folder root (<root>/<identity>/*.jpg)")
     for r in data_cfg.roots:
-        if not Path(r).is_dir():
+        if not (Path(r).is_dir() or (is_recordio(r) and Path(r).is_file())):  # identity folders or a train.rec
             raise MeerError(f"data root not found: {r} (data.roots; relative paths start at {Path.cwd()})")
     eval_only: set[str] = set()
     for f in data_cfg.eval_identities:
