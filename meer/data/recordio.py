@@ -199,6 +199,14 @@ class RecordIOSet:
         for k in sorted(bad):
             self.problems.append(f"{self.rec}: record {k} (offset {self.offsets[k]}) lies past the end of the file "
                                  "(truncated .rec?); left out")
+        alive = [k for k in self.offsets if k not in bad]
+        if alive:  # a file cut short ends inside its last record: read that one whole
+            last = max(alive, key=lambda k: self.offsets[k])
+            try:
+                self.read(last)
+            except MeerError as exc:
+                bad.add(last)
+                self.problems.append(f"{exc}; left out")
         keys = [k for k in sorted(self.offsets) if k not in bad]
         h0 = self.header(0) if 0 in keys else None
         if h0 is not None and h0.flag > 0 and isinstance(h0.label, tuple) and len(h0.label) >= 2:
