@@ -104,3 +104,103 @@ def test_the_checker_sees_imports_inside_functions(tmp_path, monkeypatch):
     found = violations()
     assert any("losses/x.py:2: losses imports meer.models.meer" in v for v in found)
     assert any("utils/y.py:1: utils imports meer.training" in v for v in found)
+
+
+# ---------------------------------------------------------------------------------------------- import cycles
+
+def _modules(package: Path) -> dict[str, Path]:
+    """``{dotted name: file}`` of every module under ``package`` (a package by its ``__init__``)."""
+    out = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def import_graph(package: Path | None = None) -> dict[str, set[str]]:
+    """Module -> the ``meer`` modules it imports anywhere in its file (also inside functions; ``from pkg import
+    sub`` counts as importing ``pkg.sub``; ``if TYPE_CHECKING:`` blocks are left out: they never run)."""
+    package = package or PACKAGE
+    mods = _modules(package)
+    graph: dict[str, set[str]] = {}
+    for name, path in mods.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                skip |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(here[:len(here) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else (node.module or "")
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for t in targets:
+                while t and t not in mods:  # an attribute of a module: the module
+                    t = t.rpartition(".")[0]
+                if t and t != name:
+                    deps.add(t)
+        graph[name] = deps
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (each holds at least one cycle)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles_inside_meer():
+    """No module reaches itself through imports, function-level ones included (they hide cycles, not remove
+    them: harness <-> report <-> plots and faces.detect <-> faces.fallback were such cycles)."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    assert import_cycles(import_graph()) == []
+
+
+def test_the_cycle_check_sees_function_level_and_from_package_imports(tmp_path):
+    pkg = tmp_path / "meer"
+    (pkg / "faces").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "faces" / "__init__.py").write_text("")
+    (pkg / "faces" / "a.py").write_text("from meer.faces import b\n")
+    (pkg / "faces" / "b.py").write_text("def f():\n    from .a import g\n    return g\n")
+    (pkg / "faces" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from meer.faces.a import g\n")
+    graph = import_graph(pkg)
+    assert graph["meer.faces.a"] == {"meer.faces.b"} and graph["meer.faces.b"] == {"meer.faces.a"}
+    assert graph["meer.faces.c"] == set()
+    assert import_cycles(graph) == [["meer.faces.a", "meer.faces.b"]]

@@ -43,7 +43,7 @@ from meer.evaluation.geometry import crop_matrix_to_canvas, warp_to_canvas
 from meer.evaluation.judge import Judge
 from meer.evaluation.metrics import MetricError, verification_summary
 from meer.evaluation.prepare import Face, prepare_faces
-from meer.evaluation.report import accuracy_cell, pct, tar_cell
+from meer.evaluation.cells import accuracy_cell, pct, tar_cell
 from meer.faces.template import ARCFACE_112
 from meer.utils.errors import MeerError
 from meer.utils.files import read_text
@@ -434,7 +434,7 @@ def write_published_outputs(results: dict, score_sets: dict, opts: PublishedOpti
     out = opts.out
     figures = []
     if opts.plots and score_sets:
-        from meer.evaluation.plots import histogram_figure, roc_figure
+        from meer.evaluation.figures import histogram_figure, roc_figure
 
         for jn in dict.fromkeys(k[1] for k in score_sets):
             curves = {(c if m == "none" else f"{c} [{m}]"): v for (_, j, c, m), v in score_sets.items() if j == jn}

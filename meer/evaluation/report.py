@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from meer.evaluation.cells import accuracy_cell, curve_label, gap_cell, pct, tar_cell  # noqa: F401 (re-exported)
 from meer.evaluation.judge import cosine
 from meer.utils.images import write_image
 
@@ -13,41 +14,10 @@ SOURCE_TITLE = {"synthetic": "synthetic masks (fixed seed, pixel ground truth)",
                 "real": "real masked photos (no pixel ground truth)"}
 
 
-def pct(v, digits: int = 1) -> str:
-    """A rate as a percentage string, ``"n/a"`` for ``None``."""
-    return "n/a" if v is None else f"{100 * v:.{digits}f}"
-
-
-def curve_label(condition: str, method: str) -> str:
-    """``condition``, with the method appended for the restored conditions."""
-    return condition if not condition.startswith("restored") else f"{condition} [{method}]"
-
-
-def accuracy_cell(v: dict) -> str:
-    """``"92.8 (92.2-93.5)"``: a verification row's 10-fold accuracy with its 95% interval."""
-    lo, hi = v["accuracy_ci95"]
-    return f"{pct(v['accuracy'])} ({pct(lo)}-{pct(hi)})"
-
-
-def gap_cell(v: dict) -> str:
-    """The gap recovered, shown on ``restored-vs-clean`` rows only."""
-    if v["condition"] != "restored-vs-clean":
-        return ""
-    gap = v.get("gap_recovered")
-    return "n/a" if gap is None else f"{100 * gap:+.0f}%"
-
-
-def tar_cell(v: dict, far: float) -> tuple[str, bool]:
-    """TAR at ``far`` (1e-2 or 1e-3) as a percentage, and whether it is coarse: fewer impostor pairs than 1/FAR,
-    so no threshold resolves that FAR and the rate is measured at zero false accepts (marked ``*``)."""
-    coarse = v["impostor"] * far < 1
-    return pct(v[f"tar_at_far_{far:.0e}".replace("e-0", "e-")]) + ("*" if coarse else ""), coarse
-
-
 def write_outputs(results: dict, score_sets: dict, views, embeddings: dict, comp, data, opts) -> None:
     out: Path = opts.out
     if opts.plots:
-        from meer.evaluation.plots import histogram_figure, roc_figure
+        from meer.evaluation.figures import histogram_figure, roc_figure
     figures = {}
     for source in (results["sources"] if opts.plots else []):
         judge_names = sorted({k[1] for k in score_sets if k[0] == source})

@@ -19,12 +19,12 @@ therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
+from meer.faces.detection import FaceDetection, largest  # noqa: F401 (their old home; re-exported)
 from meer.faces.plausibility import PlausibilityLimits, plausible
 from meer.utils.errors import MeerError
 
@@ -35,33 +35,6 @@ LAST_CHANCE_THRESHOLDS = (0.3, 0.4, 0.5)
 # (benchmarks/bench_align.py detection): each pass adds faces, the last one (low thresholds, wide
 # border) mostly finds extreme close-ups of masked faces cut at the forehead.
 DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12), (0.5, 20), (1.0, 20, LAST_CHANCE_THRESHOLDS))
-
-
-@dataclass
-class FaceDetection:
-    """One face: box ``x1 y1 x2 y2`` and 5 landmarks ``(x, y)`` in the image's pixel coordinates."""
-
-    box: np.ndarray  # (4,) float32
-    score: float
-    landmarks: np.ndarray  # (5, 2) float32, order of meer.faces.template.ARCFACE_112
-    detector: str  # "mtcnn" or "dlib-cnn+onet"
-
-    @property
-    def area(self) -> float:
-        return float(max(self.box[2] - self.box[0], 0.0) * max(self.box[3] - self.box[1], 0.0))
-
-    def to_dict(self) -> dict:
-        return {
-            "box": [round(float(v), 2) for v in self.box],
-            "score": round(float(self.score), 5),
-            "landmarks": [[round(float(x), 3), round(float(y), 3)] for x, y in self.landmarks],
-            "detector": self.detector,
-        }
-
-
-def largest(dets: Sequence[FaceDetection]) -> FaceDetection | None:
-    """The detection with the largest box area, or ``None`` for an empty list."""
-    return max(dets, key=lambda d: d.area) if dets else None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

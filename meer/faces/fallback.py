@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import torch
 
+from meer.faces.detection import FaceDetection
 from meer.utils import dlib_models as models
 
 # dlib's MMOD boxes are tighter than MTCNN's (they start at the eyebrows); this maps a dlib box to
@@ -61,8 +62,6 @@ class DlibFallback:
         return boxes, scores
 
     def detect(self, rgb: np.ndarray) -> list:
-        from meer.faces.detect import FaceDetection
-
         boxes, scores = self.boxes(rgb)
         if len(boxes) == 0:
             return []
