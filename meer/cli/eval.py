@@ -127,10 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         raise MeerError(f"{out / 'report.md'} already exists (use --overwrite to replace it)")
     if args.folds < 2:
         raise MeerError(f"--folds must be at least 2, got {args.folds}")
-    if args.device == "auto":
-        import torch
+    from meer.utils.device import resolve_device
 
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = str(resolve_device(args.device))
     model, key, why = load_model(args)
     cache = None if args.no_cache else (args.cache or default_cache())
     if args.as_is or is_bin:

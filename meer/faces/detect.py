@@ -26,6 +26,7 @@ import torch
 
 from meer.faces.detection import FaceDetection, largest  # noqa: F401 (their old home; re-exported)
 from meer.faces.plausibility import PlausibilityLimits, plausible
+from meer.utils.device import resolve_device  # noqa: F401 (also imported from here)
 from meer.utils.errors import MeerError
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.6)
@@ -35,16 +36,6 @@ LAST_CHANCE_THRESHOLDS = (0.3, 0.4, 0.5)
 # (benchmarks/bench_align.py detection): each pass adds faces, the last one (low thresholds, wide
 # border) mostly finds extreme close-ups of masked faces cut at the forehead.
 DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12), (0.5, 20), (1.0, 20, LAST_CHANCE_THRESHOLDS))
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; a CUDA request without CUDA is a one-line error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MeerError("--device cuda requested but CUDA is not available (use --device cpu or auto)")
-    return dev
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
