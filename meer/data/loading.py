@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from meer.utils.images import read_image
+from meer.utils.tensors import images_to_tensor
 
 
 def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -20,8 +21,8 @@ def resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """``H x W x 3`` uint8 -> ``3 x H x W`` float32 in [0, 1]."""
-    return torch.from_numpy(np.require(rgb, np.uint8, ["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+    """``H x W x 3`` uint8 -> ``3 x H x W`` float32 in [0, 1] (:func:`meer.utils.tensors.images_to_tensor`)."""
+    return images_to_tensor(np.require(rgb, np.uint8, ["C", "W"]))
 
 
 def load_image_tensor(path: str | Path, size: int) -> tuple[torch.Tensor, tuple[int, int]]:

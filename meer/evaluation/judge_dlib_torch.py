@@ -19,6 +19,7 @@ from meer.evaluation.judge import Judge, JudgeOutput
 from meer.faces.dlib_chip import aligned_to_dlib_chips
 from meer.models.dlib_resnet import CACHE_FORMAT, file_digest, load_dlib_resnet
 from meer.utils.dlib_models import RESNET, dlib_model_path
+from meer.utils.tensors import images_to_tensor
 
 
 class DlibTorchJudge(Judge):
@@ -35,7 +36,7 @@ class DlibTorchJudge(Judge):
 
     def chips(self, canvases: np.ndarray) -> torch.Tensor:
         """``N x 224 x 224 x 3`` uint8 canvases -> ``N x 3 x 150 x 150`` dlib chips in [0, 1]."""
-        x = torch.from_numpy(np.ascontiguousarray(canvases)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = images_to_tensor(canvases, self.device)
         return aligned_to_dlib_chips(x, scale=CANVAS_SCALE, offset=CANVAS_OFFSET, padding_mode="zeros")
 
     @torch.no_grad()

@@ -6,11 +6,7 @@ import torch
 
 from meer.evaluation.geometry import arcface_crops
 from meer.evaluation.judge import Judge, JudgeOutput
-
-
-def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``N x H x W x 3`` uint8 -> ``N x 3 x H x W`` float in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+from meer.utils.tensors import images_to_tensor
 
 
 class MeerJudge(Judge):
@@ -31,7 +27,7 @@ class MeerJudge(Judge):
         crops = arcface_crops(canvases) if len(canvases) else np.zeros((0, 112, 112, 3), np.uint8)
         out = []
         for s in range(0, len(crops), self.batch_size):
-            out.append(self.model.embed(to_tensor(crops[s:s + self.batch_size], self.device)).float().cpu().numpy())
+            out.append(self.model.embed(images_to_tensor(crops[s:s + self.batch_size], self.device)).float().cpu().numpy())
         vectors = np.concatenate(out) if out else np.zeros((0, 1), np.float32)
         ok = np.isfinite(vectors).all(axis=1)
         vectors[~ok] = 0

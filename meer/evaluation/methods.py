@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SIZE, arcface_crops
-from meer.evaluation.judge_meer import to_tensor
+from meer.utils.tensors import images_to_tensor, tensor_to_images
 
 
 class Restorer(ABC):
@@ -81,9 +81,9 @@ class MeerRestorer(Restorer):
         a = int(round(CANVAS_OFFSET))
         side = CANVAS_SIZE - 2 * a
         for s in range(0, len(crops), self.batch_size):
-            x = to_tensor(crops[s:s + self.batch_size], self.device)
+            x = images_to_tensor(crops[s:s + self.batch_size], self.device)
             restored, _ = self.model.restore(x)
-            r = (restored.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+            r = tensor_to_images(restored)
             changed = (r != crops[s:s + self.batch_size]).any(axis=-1).astype(np.uint8)
             for j in range(len(r)):
                 up = cv2.resize(r[j], (side, side), interpolation=cv2.INTER_CUBIC)

@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from meer.evaluation.geometry import face_region_mask
+from meer.utils.tensors import images_to_tensor
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
 
 
 def _t(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+    return images_to_tensor(x)
 
 
 def region_scores(restored: np.ndarray, clean: np.ndarray, masks: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:

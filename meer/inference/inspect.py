@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meer.losses.occlusion import mask_iou
+from meer.utils.tensors import images_to_tensor, tensor_to_images
 
 # ----------------------------------------------------------------------------------------------- conversions
 
@@ -35,13 +36,14 @@ def to_tensor(images: np.ndarray | Sequence[np.ndarray] | torch.Tensor, device: 
         arr = arr[None]
     if arr.ndim != 4 or arr.shape[-1] != 3:
         raise ValueError(f"expected N x H x W x 3 images, got shape {arr.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float()
-    return (t / 255.0 if arr.dtype == np.uint8 else t).to(device)
+    if arr.dtype == np.uint8:
+        return images_to_tensor(arr).to(device)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().to(device)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """``N x 3 x H x W`` float in [0, 1] -> ``N x H x W x 3`` uint8."""
-    return (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """``N x 3 x H x W`` float in [0, 1] -> ``N x H x W x 3`` uint8 (:func:`meer.utils.tensors.tensor_to_images`)."""
+    return tensor_to_images(images)
 
 
 def mask_tensor(masks: np.ndarray | Sequence[np.ndarray] | torch.Tensor) -> torch.Tensor:

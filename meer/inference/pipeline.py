@@ -31,6 +31,7 @@ from meer.faces.paste import paste_back, paste_faces
 from meer.faces.template import template_for_size
 from meer.inference.region import paste_region
 from meer.inference.runtime import autocast
+from meer.utils.tensors import images_to_tensor
 from meer.utils.errors import MeerError
 from meer.utils.images import LoadedImage
 
@@ -240,7 +241,7 @@ class Restorer:
 
     @torch.inference_mode()
     def _run_model(self, crops: np.ndarray) -> dict[str, list]:
-        x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = images_to_tensor(crops, self.device)
         with autocast(self.device, self.dtype):
             out = self.model(x)
             restored = out.restored.float().clamp(0.0, 1.0)
