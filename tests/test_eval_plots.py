@@ -9,7 +9,7 @@ import pytest
 
 from meer.evaluation.harness import Components, EvalOptions
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.methods import NoRestore, Restorer
+from meer.evaluation.methods import NoRestore, RestorationMethod
 from meer.evaluation.plots import (ScoredPair, face_tile, failure_gallery, headline_table, histogram_grid,
                                    load_scores, roc_grid, roc_panels, run_keeping_views, scored_pairs, worst_pairs)
 from meer.faces.template import ARCFACE_112
@@ -59,7 +59,7 @@ class Judge8(Judge):
         return JudgeOutput((v - v.mean(axis=1, keepdims=True)).astype(np.float32), ok)
 
 
-class Fill(Restorer):
+class Fill(RestorationMethod):
     """Paints the mask with the mean colour of the rest of the face (a cheap stand-in for a restorer)."""
 
     name = cache_key = "fill"

@@ -10,7 +10,7 @@ import pytest
 
 from meer.evaluation.harness import Components
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.methods import NoRestore, Restorer, TeleaRestorer
+from meer.evaluation.methods import NoRestore, RestorationMethod, TeleaRestorer
 from meer.evaluation.published import (PublishedOptions, contiguous_folds, read_verification_bin,
                                        render_published, run_published)
 from meer.faces.template import ARCFACE_112
@@ -52,7 +52,7 @@ class BlockJudge(Judge):
         return JudgeOutput(v.astype(np.float32), np.ones(len(f), bool))
 
 
-class Brighten(Restorer):
+class Brighten(RestorationMethod):
     name = "brighten"
     cache_key = "brighten"
 

@@ -29,7 +29,7 @@ from meer.data.pairs import Pair, make_pairs, read_pairs, write_pairs
 from meer.evaluation.cache import EmbeddingCache
 from meer.evaluation.dataset import EvalData, scan_eval_data
 from meer.evaluation.judge import Judge, cosine
-from meer.evaluation.methods import NoRestore, Restorer
+from meer.evaluation.methods import NoRestore, RestorationMethod
 from meer.evaluation.metrics import MetricError, bootstrap_ci, rank1, verification_summary
 from meer.evaluation.prepare import Face, Locator, Masker, prepare_faces, synthetic_masks, typical_mask_region
 from meer.evaluation.quality import region_scores
@@ -78,7 +78,7 @@ class Components:
     """What the run uses; built by the CLI from its options (tests pass small fakes)."""
 
     judges: list[Judge]
-    restorers: list[Restorer]
+    restorers: list[RestorationMethod]
     embedding_methods: list[EmbeddingMethod] = field(default_factory=list)
     locator: Locator | None = None
     masker: Masker | None = None

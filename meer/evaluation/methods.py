@@ -21,7 +21,10 @@ from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SIZE, arcface_crops
 from meer.utils.tensors import images_to_tensor, tensor_to_images
 
 
-class Restorer(ABC):
+class RestorationMethod(ABC):
+    """A method the harness compares on canvases (not :class:`meer.inference.pipeline.Restorer`, the photo
+    restoration pipeline)."""
+
     name: str = "restorer"
     #: whether ``restore`` works from the mask it is given (images evaluated as given have none)
     uses_mask: bool = False
@@ -34,7 +37,7 @@ class Restorer(ABC):
         (ground truth for synthetic masks, the typical region for real ones; methods may ignore it)."""
 
 
-class NoRestore(Restorer):
+class NoRestore(RestorationMethod):
     name = "none"
     cache_key = "none"
 
@@ -42,7 +45,7 @@ class NoRestore(Restorer):
         return canvases
 
 
-class TeleaRestorer(Restorer):
+class TeleaRestorer(RestorationMethod):
     """``cv2.inpaint(..., INPAINT_TELEA)`` of the mask, grown by ``dilate`` pixels to cover its rim."""
 
     name = "telea"
@@ -62,7 +65,7 @@ class TeleaRestorer(Restorer):
         return out
 
 
-class MeerRestorer(Restorer):
+class MeerRestorer(RestorationMethod):
     """MEER's generator on the 112 crop; only the pixels MEER replaced are pasted into the canvas."""
 
     name = "meer"
