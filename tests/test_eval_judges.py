@@ -168,3 +168,19 @@ def test_template_landmarks_are_used_for_aligned_crops():
     m = crop_matrix_to_canvas(112)
     placed = ARCFACE_112 @ m[:, :2].T + m[:, 2]
     np.testing.assert_allclose(placed, CANVAS_TEMPLATE, atol=1e-4)
+
+
+def test_judges_sharing_the_teachers_weights_are_marked_not_independent():
+    from types import SimpleNamespace
+
+    from meer.evaluation.components import mark_teacher_judges
+
+    judges = [SimpleNamespace(name="dlib", weights="dlib_face_recognition_resnet_model_v1"),
+              SimpleNamespace(name="dlib-torch", weights="dlib_face_recognition_resnet_model_v1"),
+              SimpleNamespace(name="meer-x", weights=""), SimpleNamespace(name="facenet", weights="vggface2")]
+    notes: list[str] = []
+    assert mark_teacher_judges(judges, "dlib", notes) == ["dlib*", "dlib-torch*"]
+    assert [j.name for j in judges] == ["dlib*", "dlib-torch*", "meer-x", "facenet"]
+    assert len(notes) == 1 and "not an independent judge" in notes[0]
+    fresh = [SimpleNamespace(name="dlib", weights="dlib_face_recognition_resnet_model_v1")]
+    assert mark_teacher_judges(fresh, None, []) == [] and fresh[0].name == "dlib"

