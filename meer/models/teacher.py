@@ -119,7 +119,7 @@ class FacenetTeacher(IdentityTeacher):
         return self.net((self.box_crops(crops) * 255.0 - 127.5) / 128.0)
 
     def describe(self) -> dict:
-        return {**super().describe(), "weights": "facenet-vggface2", "source": self.source}
+        return {**super().describe(), "weights": TEACHER_WEIGHTS["facenet"], "source": self.source}
 
 
 class TorchScriptTeacher(IdentityTeacher):
@@ -159,7 +159,7 @@ class TorchScriptTeacher(IdentityTeacher):
 
 
 #: the pretrained weights behind each named teacher, as the evaluation judges name theirs (``Judge.weights``)
-TEACHER_WEIGHTS = {"dlib": "dlib_face_recognition_resnet_model_v1"}
+TEACHER_WEIGHTS = {"dlib": "dlib_face_recognition_resnet_model_v1", "facenet": "facenet-vggface2"}
 
 
 def teacher_weights(spec: str | None) -> str | None:
