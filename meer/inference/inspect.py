@@ -124,6 +124,17 @@ def feature_attention(model: nn.Module, images: torch.Tensor) -> dict[str, torch
     model._check(x)
     feats, dec, _ = model._recognize(x)
     deep = feats[-1]
+    if getattr(model.decoupling, "id_pool", False):
+        # dlib encoder: the identity code is the visibility-weighted mean of the chip-space last block; each
+        # cell's share is w_p f_p / sum(w) (gated) or f_p / n (ungated), shown on the deepest crop level's grid
+        pooled = model.encoder(x * 2.0 - 1.0)[-1].float()
+        g = F.adaptive_avg_pool2d(model.encoder.to_chip(dec["occ_map"].float()), pooled.shape[-2:])
+        wgt = (1.0 - g).clamp_min(1e-3)
+        gated = (pooled * wgt / wgt.sum(dim=(2, 3), keepdim=True)).norm(dim=1, keepdim=True)
+        ungated = (pooled / (pooled.shape[-2] * pooled.shape[-1])).norm(dim=1, keepdim=True)
+        size = dec["gate"].shape[-2:]
+        return {"gate": dec["gate"][:, 0].float(), "id_contribution": F.interpolate(gated, size=size)[:, 0],
+                "id_contribution_ungated": F.interpolate(ungated, size=size)[:, 0]}
     f = model.decoupling.id_proj(deep).float()  # B x C x h x w
     b, c, h, w = f.shape
     weight = _id_linear(model).weight.float().view(-1, c, h, w)  # D x C x h x w (flatten order c, y, x)
