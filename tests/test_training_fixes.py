@@ -133,16 +133,15 @@ def test_training_composite_covers_the_inference_ring(dataset, tmp_path):
     assert cfg.loss.composite == "union"
     fwd = phases.forward(task.model, batch, cfg.loss)
     predicted = task.model.composite_mask(fwd.out.occ_map)
-    assert torch.equal(fwd.region, torch.maximum(batch.mask, predicted))
-    assert torch.equal(fwd.out.composite_mask, fwd.region)
+    assert torch.equal(fwd.out.composite_mask, torch.maximum(batch.mask, predicted))
     # the generator is scored on the whole replaced region, ring included
     restored = fwd.out.restored
-    ring = (fwd.region > 0) & (batch.mask < 0.5)
+    ring = (fwd.out.composite_mask > 0) & (batch.mask < 0.5)
     assert bool(ring.any())  # an untrained occlusion head predicts plenty beyond the mask
     parts = phases.g_phase(fwd, batch, task.margin, task.recon, None, None, cfg.loss)
-    w = fwd.region.expand_as(restored)
+    w = fwd.out.composite_mask.expand_as(restored)
     expected = ((restored - batch.clean).abs() * w).sum() / w.sum()
     assert float(parts["l1_masked"]) == pytest.approx(float(expected), rel=1e-5)
     cfg_gt = copy.deepcopy(cfg.loss)
     cfg_gt.composite = "gt"
-    assert torch.equal(phases.forward(task.model, batch, cfg_gt).region, batch.mask)
+    assert torch.equal(phases.forward(task.model, batch, cfg_gt).out.composite_mask, batch.mask)

@@ -40,7 +40,6 @@ __all__ = ["MEERTask", "NonFiniteLoss", "autocast_factory", "build", "EXPORT_NAM
 #: the inference checkpoint a run ends with (EMA weights), for meer-restore --checkpoint
 EXPORT_NAME = "meer_inference.pt"
 
-_count = count_params
 
 
 class MEERTask(IdentityFolderTask):
@@ -194,18 +193,18 @@ class MEERTask(IdentityFolderTask):
 
     def param_counts(self) -> dict[str, int]:
         counts = {
-            "recognizer": _count(self.model.recognizer_parameters()),
-            "generator": _count(self.model.generator_parameters()),
-            "margin_head": _count(self.margin.parameters()),
+            "recognizer": count_params(self.model.recognizer_parameters()),
+            "generator": count_params(self.model.generator_parameters()),
+            "margin_head": count_params(self.margin.parameters()),
         }
         if self.decoupling is not None:
-            counts["decoupling_adversaries"] = _count(self.decoupling.parameters())
+            counts["decoupling_adversaries"] = count_params(self.decoupling.parameters())
         if self.distill_proj is not None:
-            counts["distill_projection"] = _count(self.distill_proj.parameters())
+            counts["distill_projection"] = count_params(self.distill_proj.parameters())
         if self.d_patch is not None:
-            counts["d_patch"] = _count(self.d_patch.parameters())
+            counts["d_patch"] = count_params(self.d_patch.parameters())
         if self.d_local is not None:
-            counts["d_local"] = _count(self.d_local.parameters())
+            counts["d_local"] = count_params(self.d_local.parameters())
         return counts
 
     def modules(self) -> dict[str, nn.Module]:

@@ -52,7 +52,6 @@ class Batch:
 @dataclass
 class Forward:
     out: object  # MEEROutput on the masked batch (with embedding_restored / embedding_clean when needed)
-    region: torch.Tensor  # B x 1 x H x W: the pixels the composite replaced (what the generator is scored on)
     emb_clean: torch.Tensor | None  # recognizer embedding of the clean face, for its margin loss
     emb_restored: torch.Tensor | None  # embedding of the restored face (gradient routed by the model config)
     id_target: torch.Tensor | None  # embedding of the clean face for the id-preserving loss
@@ -114,7 +113,7 @@ def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None 
             t_clean = teacher.embed(batch.clean).detach()
         if loss_cfg.w_teacher_id > 0:
             t_restored = teacher.embed(out.restored)
-    return Forward(out=out, region=out.composite_mask, emb_clean=emb_clean, emb_restored=out.embedding_restored,
+    return Forward(out=out, emb_clean=emb_clean, emb_restored=out.embedding_restored,
                    id_target=id_target, teacher_clean=t_clean, teacher_restored=t_restored)
 
 
@@ -161,14 +160,14 @@ def g_phase(fwd: Forward, batch: Batch, margin_head: nn.Module, recon: nn.Module
             balance: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss parts that train the generator (and the id-preserving terms, routed in ``forward``).
 
-    The reconstruction terms are scored on ``fwd.region``, the pixels the composite replaced (the exact
+    The reconstruction terms are scored on ``fwd.out.composite_mask``, the pixels the composite replaced (the exact
     mask and, in ``union`` mode, the dilated ring and false positives of the predicted map).
     ``balance(local_weight_sum) -> factor``: with several processes, rescales the region-normalised L1
     terms so that their gradient, averaged over the ranks, equals the one of the global batch."""
     parts: dict[str, torch.Tensor] = {}
     out = fwd.out
     restored = out.restored
-    region = fwd.region
+    region = out.composite_mask  # what the composite replaced
     if recon is not None:
         feature_fn = encoder_features(model) if (loss_cfg.w_perceptual > 0 and model is not None) else None
         _loss, rparts = recon(restored, batch.clean, region,
