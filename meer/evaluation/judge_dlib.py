@@ -21,6 +21,7 @@ import numpy as np
 from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SCALE, box_from_template
 from meer.evaluation.judge import Judge, JudgeOutput
 from meer.faces.dlib_chip import DLIB_POINTS_112
+from meer.models.teacher import TEACHER_WEIGHTS
 from meer.utils import dlib_models as models
 from meer.utils.errors import MeerError
 
@@ -52,7 +53,7 @@ class DlibJudge(Judge):
 
     name = "dlib"
     metric = "euclidean"
-    weights = "dlib_face_recognition_resnet_model_v1"
+    weights = TEACHER_WEIGHTS["dlib"]
 
     def __init__(self, max_landmark_error: float = 0.15, num_jitters: int = 0):
         d = dlib_model_dir()

@@ -18,6 +18,7 @@ from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SCALE
 from meer.evaluation.judge import Judge, JudgeOutput
 from meer.faces.dlib_chip import aligned_to_dlib_chips
 from meer.models.dlib_resnet import CACHE_FORMAT, file_digest, load_dlib_resnet
+from meer.models.teacher import TEACHER_WEIGHTS
 from meer.utils.dlib_models import RESNET, dlib_model_path
 from meer.utils.tensors import images_to_tensor
 
@@ -25,7 +26,7 @@ from meer.utils.tensors import images_to_tensor
 class DlibTorchJudge(Judge):
     name = "dlib-torch"
     metric = "euclidean"
-    weights = "dlib_face_recognition_resnet_model_v1"
+    weights = TEACHER_WEIGHTS["dlib"]
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, cache_dir: str | Path | None = None):
         dat = dlib_model_path(RESNET)

@@ -17,6 +17,7 @@ from meer.evaluation.geometry import box_from_template
 from meer.evaluation.judge import Judge, JudgeOutput
 from meer.faces.template import MTCNN_BOX_112
 from meer.models.facenet import WEIGHTS_FILE, facenet_weights_path, load_facenet  # noqa: F401 - re-exported
+from meer.models.teacher import TEACHER_WEIGHTS
 
 
 class FacenetJudge(Judge):
@@ -24,7 +25,7 @@ class FacenetJudge(Judge):
 
     name = "facenet"
     metric = "cosine"
-    weights = "facenet-vggface2"
+    weights = TEACHER_WEIGHTS["facenet"]
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 32, model: torch.nn.Module | None = None,
                  weights: str | Path | None = None):

@@ -158,7 +158,8 @@ class TorchScriptTeacher(IdentityTeacher):
         return {**super().describe(), "weights": str(self.path), "sha1": self.digest}
 
 
-#: the pretrained weights behind each named teacher, as the evaluation judges name theirs (``Judge.weights``)
+#: the pretrained weights behind each named teacher; the evaluation judges built on the same networks take their
+#: ``Judge.weights`` from here, so a judge and a teacher that share weights always compare equal
 TEACHER_WEIGHTS = {"dlib": "dlib_face_recognition_resnet_model_v1", "facenet": "facenet-vggface2"}
 
 
