@@ -77,6 +77,20 @@ def test_masked_cells_are_left_out_of_the_identity_code():
     assert (moved_masked < 0.5 * moved_clear).all()
 
 
+def test_gate_identity_off_pools_every_cell_whatever_the_occlusion_map():
+    model = MEER(MEERConfig(**SMALL, gate_identity=False)).eval()
+    x = torch.rand(2, 3, 112, 112)
+    with torch.no_grad():
+        plain = model.decouple(x)["id_code"]
+        lower = torch.zeros(1, 1, 112, 112)
+        lower[..., 70:, :] = 1.0
+        model.decoupling.occ_head.forward = lambda feats, size: (lower * 60.0 - 30.0).expand(feats[0].shape[0], -1, -1, -1)
+        forced = model.decouple(x)["id_code"]
+        pooled = model.encoder(x * 2.0 - 1.0)[-1].mean(dim=(2, 3))  # dlib's own average pooling
+    torch.testing.assert_close(forced, plain)
+    torch.testing.assert_close(plain, pooled, atol=1e-5, rtol=1e-4)
+
+
 def test_dlib_encoder_needs_its_identity_size():
     with pytest.raises(ValueError, match="id_dim must be 256"):
         MEERConfig(encoder="dlib", id_dim=128)

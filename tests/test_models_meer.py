@@ -136,6 +136,14 @@ def test_margin_loss_reaches_recognizer_and_gate_only_when_not_detached(detach_g
     assert _touched(m.decoupling.occ_head) == (not detach_gate)
 
 
+def test_gate_identity_off_reads_identity_from_every_position():
+    # the "no decoupling" ablation: even with an undetached gate the occlusion map cannot shape the identity code
+    m = model(detach_gate=False, gate_identity=False)
+    head = MarginHead(32, 5, "arcface", s=8.0)
+    _run(m, lambda o, c, k: head.loss(o.embedding, torch.tensor([0, 1, 2, 3])))
+    assert _touched(m.encoder) and _touched(m.decoupling.id_fc) and not _touched(m.decoupling.occ_head)
+
+
 @pytest.mark.parametrize("to_encoder", [True, False])
 def test_reconstruction_loss_reaches_generator_and_encoder_switch(to_encoder):
     m = model(gen_grad_to_encoder=to_encoder)

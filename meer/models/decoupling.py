@@ -8,7 +8,8 @@ Given the encoder levels ``feats`` (stem first, deepest last):
    the exact synthetic mask (BCE + Dice, :mod:`meer.losses.occlusion`).
 2. **Gate**: the occlusion map area-downsampled to the deepest level, ``g`` in [0, 1]. By default the gate is
    *detached*, so recognition losses cannot bend the occlusion prediction (it is trained by its own
-   supervision only) -- ``detach_gate=False`` lets them.
+   supervision only) -- ``detach_gate=False`` lets them. ``gate_identity=False`` (an ablation: no decoupling)
+   reads the identity code from every position, masked or not.
 3. **Identity code**: ``BN(conv1x1(F)) * (1 - g)`` -- identity features read only from visible positions --
    flattened with its spatial layout (as the insightface embedding head does) and mapped by
    ``Linear -> BN1d`` to ``id_dim``.
@@ -66,10 +67,12 @@ class MaskDecoupling(nn.Module):
         detach_gate: bool = True,
         dropout: float = 0.0,
         id_pool: bool = False,
+        gate_identity: bool = True,
     ) -> None:
         super().__init__()
         deep = channels[-1]
         self.detach_gate = detach_gate
+        self.gate_identity = gate_identity
         self.id_pool = id_pool
         self.occ_head = OcclusionHead(channels, occ_head_width)
         if not id_pool:
@@ -100,9 +103,11 @@ class MaskDecoupling(nn.Module):
                 raise ValueError("a pooled identity code needs the map to pool and its warp (MEER's dlib encoder)")
             g = F.adaptive_avg_pool2d(to_pooled(occ_map), hw(pooled))
             w = (1.0 - (g.detach() if self.detach_gate else g)).clamp_min(1e-3).to(pooled.dtype)
+            if not self.gate_identity:
+                w = torch.ones_like(w)
             id_code = (pooled * w).sum(dim=(2, 3)) / w.sum(dim=(2, 3))
         else:
-            visible = 1.0 - gate
+            visible = 1.0 - gate if self.gate_identity else torch.ones_like(gate)
             id_feat = self.id_proj(deep) * visible.to(deep.dtype)
             id_code = self.id_fc(id_feat.flatten(1))
         occ_feat = self.occ_proj(deep)

@@ -83,6 +83,7 @@ class MEERConfig:
     occ_dim: int = 64
     num_mask_kinds: int = 5  # size of the mask-kind classifiers (DecouplingLoss reads it)
     detach_gate: bool = True
+    gate_identity: bool = True  # False: the identity code ignores the occlusion map (ablation: no decoupling)
     # recognition head
     embedding_dim: int = 512
     head_dropout: float = 0.0
@@ -142,7 +143,7 @@ class MEER(nn.Module):
         deep_size = self.encoder.feature_sizes(cfg.image_size)[-1]
         self.decoupling = MaskDecoupling(
             self.encoder.channels, deep_size, cfg.id_dim, cfg.occ_dim, cfg.split_channels, cfg.occ_head_width,
-            cfg.detach_gate, dropout=0.0, id_pool=dlib,
+            cfg.detach_gate, dropout=0.0, id_pool=dlib, gate_identity=cfg.gate_identity,
         )
         self.head = RecognitionHead(cfg.id_dim, cfg.embedding_dim, cfg.head_dropout, norm=not dlib)
         self.generator = UNetGenerator(self.encoder.channels, deep_size, cfg.id_dim, cfg.gen_width, cfg.gen_max_width,
