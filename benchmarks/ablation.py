@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -72,8 +73,10 @@ def train(row: str, steps: int) -> Path:
                f"runs_dir=runs/ablation/{row}", "log.progress=false", *ROWS[row][1]]
     print(f"[{time.strftime('%H:%M:%S')}] {row}: {' '.join(cmd)}", flush=True)
     with open(log, "a", encoding="utf-8") as fh:
-        rc = subprocess.call([str(Path(sys.executable).parent / cmd[0]), *cmd[1:]], cwd=REPO, stdout=fh,
-                             stderr=subprocess.STDOUT)
+        # this checkout's meer (a frozen worktree can run the ablation while the main tree changes)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        rc = subprocess.call([sys.executable, "-m", "meer.cli.train", *cmd[1:]], cwd=REPO, stdout=fh,
+                             stderr=subprocess.STDOUT, env=env)
     if rc != 0:
         raise SystemExit(f"ablation: training {row} failed (rc {rc}); see {log}")
     found = run_dir(row)
