@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import torch
 import torch.distributed as dist
 
+from meer.utils.device import resolve_device
 from meer.utils.errors import MeerError
 
 
@@ -37,16 +38,19 @@ class DistInfo:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` fails clearly without a GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise MeerError("device 'cuda' requested but no CUDA GPU is available (use device=cpu)")
-        return torch.device("cuda", local_rank)
-    if name == "cpu":
-        return torch.device("cpu")
-    raise MeerError(f"unknown device {name!r} (auto, cpu or cuda)")
+    """The training device: :func:`meer.utils.device.resolve_device` (``auto``/``cpu``/``cuda``, one-line
+    errors), with a CUDA choice pinned to GPU ``local_rank`` (under ``torchrun`` each process takes the GPU
+    of its local rank; a single process takes GPU 0). The one message of its own says ``device=`` (the config
+    key of ``meer-train``, which has no ``--device`` flag)."""
+    if str(name).strip().lower().startswith("cuda") and not torch.cuda.is_available():
+        raise MeerError(f"device={name} requested but no CUDA GPU is available (use device=cpu)")
+    device = resolve_device(name)
+    if device.type != "cuda" or device.index is not None:
+        return device
+    if local_rank >= torch.cuda.device_count():
+        raise MeerError(f"local rank {local_rank} needs GPU {local_rank}, but only {torch.cuda.device_count()} "
+                        "CUDA device(s) are visible (--nproc_per_node must not exceed the GPUs of a node)")
+    return torch.device("cuda", local_rank)
 
 
 def init_distributed(device_name: str = "auto") -> DistInfo:

@@ -45,6 +45,7 @@ from torch.utils.data import Dataset
 from meer.config import ConfigError
 from meer.training import distributed as dd
 from meer.training.schedule import build_scheduler
+from meer.utils.device import autocast as device_autocast
 from meer.utils.errors import MeerError
 
 
@@ -141,14 +142,18 @@ class Task(ABC):
 # helpers the tasks share
 
 
+_AMP_DTYPES = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_factory(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
-    """``amp`` -> a context-manager factory (``nullcontext`` for fp32)."""
-    if amp == "none":
-        return contextlib.nullcontext
+    """``amp`` (none / bf16 / fp16) -> a factory of :func:`meer.utils.device.autocast` contexts (the one
+    autocast of the package; ``nullcontext`` for ``none``). ``device`` is the task's resolved device."""
+    if amp not in _AMP_DTYPES:
+        raise ConfigError(f"amp must be one of {', '.join(_AMP_DTYPES)}, got {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("amp: fp16 needs a CUDA device (use amp=bf16 on CPU)")
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    dtype = _AMP_DTYPES[amp]
+    return lambda: device_autocast(device, dtype)
 
 
 def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], cfg) -> dict[str, torch.optim.lr_scheduler.LRScheduler]:
