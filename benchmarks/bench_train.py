@@ -50,7 +50,7 @@ def run_one(config: str, amp: str, device: str, batch: int, steps: int, warmup: 
     # smooth random "faces" (low-frequency noise upsampled): realistic enough for conv timing
     clean = torch.nn.functional.interpolate(torch.rand(b, 3, s // 8, s // 8, device=dev), size=(s, s),
                                             mode="bilinear", align_corners=False)
-    clean, masked, mask, kind = augment(clean, MaskAugment().to(dev), g, 0, 1, hflip=False)
+    clean, masked, mask, kind, _ = augment(clean, MaskAugment().to(dev), g, 0, 1, hflip=False)
     batch_ = Batch(clean=clean, masked=masked, mask=mask, labels=torch.arange(b, device=dev) % classes, kind=kind)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

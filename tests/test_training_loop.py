@@ -193,7 +193,7 @@ def _task_and_batch(dataset, tmp_path, *overrides, batch_size=4):
     ds = IdentityFolderDataset(dataset, image_size=cfg.model.image_size)
     clean = torch.stack([ds[i * 5]["clean"] for i in range(batch_size)])
     g = torch.Generator().manual_seed(0)
-    clean, masked, mask, kind = augment(clean, MaskAugment(), g, 0, 1, hflip=False)
+    clean, masked, mask, kind, _ = augment(clean, MaskAugment(), g, 0, 1, hflip=False)
     return cfg, task, phases.Batch(clean=clean, masked=masked, mask=mask,
                                    labels=torch.arange(batch_size) % 4, kind=kind)
 

@@ -120,3 +120,71 @@ def test_pretrained_dlib_encoder_starts_as_dlib(dataset, tmp_path):
     # pretrained parts train at the reduced learning rate
     lrs = [g["lr"] for g in task.opt_r.param_groups]
     assert lrs[0] == pytest.approx(lrs[1] * cfg.optim.lr_pretrained_ratio)
+
+
+class CountingTeacher(nn.Module):
+    """Wraps a teacher and counts the faces it embeds."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.faces = 0
+
+    def embed(self, x):
+        self.faces += x.shape[0]
+        return self.inner.embed(x)
+
+
+def test_teacher_targets_are_computed_once_per_face_and_flip(teacher_file):
+    from meer.training.teacher_targets import TeacherTargets
+
+    teacher = CountingTeacher(build_teacher(str(teacher_file)))
+    torch.manual_seed(0)
+    faces = torch.rand(10, 3, 32, 32)
+    table = TeacherTargets(size=10, dim=teacher.inner.dim)
+    index, flipped = torch.tensor([3, 7, 1]), torch.tensor([False, True, False])
+    clean = torch.stack([faces[i].flip(-1) if f else faces[i] for i, f in zip(index.tolist(), flipped.tolist())])
+    got = table.lookup(teacher, clean, index, flipped)
+    torch.testing.assert_close(got, teacher.inner.embed(clean), atol=1e-6, rtol=1e-5)
+    assert teacher.faces == 3 and table.misses == 3 and table.hits == 0
+    # the same faces again (another order) plus one new (face 3 unmirrored): only the new one is computed
+    index2, flipped2 = torch.tensor([1, 3, 7, 3]), torch.tensor([False, False, True, True])
+    clean2 = torch.stack([faces[i].flip(-1) if f else faces[i] for i, f in zip(index2.tolist(), flipped2.tolist())])
+    got2 = table.lookup(teacher, clean2, index2, flipped2)
+    assert teacher.faces == 4 and table.hits == 3
+    torch.testing.assert_close(got2, teacher.inner.embed(clean2), atol=1e-6, rtol=1e-5)
+    assert table.coverage == pytest.approx(4 / 20)
+    with pytest.raises(IndexError):
+        table.lookup(teacher, clean[:1], torch.tensor([10]), torch.tensor([False]))
+
+
+def test_teacher_cache_trains_like_no_cache_and_resumes_bit_identically(dataset, tmp_path, teacher_file):
+    from meer.training.checkpoint import load_state
+    from meer.config import load_config
+    from meer.training.config import TrainConfig
+    from test_training_loop import all_tensors
+
+    base = [f"loss.teacher={teacher_file}", "loss.w_distill=1", "loss.w_teacher_id=1", "total_steps=12",
+            "data.val_identities=0"]
+    cached = loop.train(tiny(dataset, tmp_path / "a", *base))
+    plain = loop.train(tiny(dataset, tmp_path / "b", *base, "loss.teacher_cache=false"))
+    read = lambda r: [__import__("json").loads(x) for x in (r.run_dir / "stats.jsonl").read_text().splitlines()]
+    sa, sb = read(cached), read(plain)
+    # 30 faces, batch 4, flips: a face drawn again with the same flip is looked up, not recomputed
+    assert max(s.get("train/teacher_targets/hit_share", 0) for s in sa) > 0 and all("train/teacher_targets/hit_share" not in s
+                                                                              for s in sb)
+    for x, y in zip(sa, sb):
+        for k in ("train/loss/distill", "train/loss/teacher_id"):
+            if k in x:
+                assert x[k] == pytest.approx(y[k], rel=1e-3, abs=1e-5), (x["step"], k)
+    state = load_state(cached.last_checkpoint)["task"]["teacher_targets"]
+    assert state["filled"].any() and state["values"].shape[1:] == (2, 6)
+    # stop at 5, resume: the table comes back with the checkpoint and every tensor matches the full run
+    part = loop.train(tiny(dataset, tmp_path / "c", *base, "stop_at_step=5"))
+    cfg = load_config(TrainConfig, part.run_dir / "config.yaml", ["stop_at_step=null"])
+    resumed = loop.train(cfg, resume=part.run_dir)
+    ta, tb = all_tensors(load_state(cached.last_checkpoint)["task"]), all_tensors(load_state(resumed.last_checkpoint)["task"])
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if isinstance(ta[k], torch.Tensor):
+            assert torch.equal(ta[k], tb[k]), k

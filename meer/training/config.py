@@ -102,6 +102,9 @@ class LossConfig:
     # (needs its VGGFace2 weights in the torch cache) or the path of a TorchScript embedder
     teacher: str = ""
     w_teacher_id: float = 0.0  # 1 - cos(teacher(restored), teacher(clean)): trains the generator
+    # the teacher's embeddings of the clean training faces are computed once per (face, flip) and kept with the
+    # run's state (meer.training.teacher_targets); false recomputes them every step
+    teacher_cache: bool = True
     # 1 - cos(embedding(masked), teacher(clean)): template-level distillation (MaskInv) into the recognizer;
     # works on photos without identity labels (data.unlabeled_roots). The embedding is mapped by a learned
     # linear projection when its size differs from the teacher's.

@@ -57,9 +57,9 @@ class TrainSet(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         if index < len(self.labeled):
-            return self.labeled[index]
+            return {**self.labeled[index], "index": index}
         item = self.unlabeled[index - len(self.labeled)]
-        return {**item, "identity": -1}
+        return {**item, "identity": -1, "index": index}
 
 
 @dataclass
@@ -121,15 +121,18 @@ def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
 
 
 def collate(items: list[dict]) -> dict:
-    return {"clean": torch.stack([it["clean"] for it in items]),
-            "identity": torch.tensor([it["identity"] for it in items], dtype=torch.long)}
+    out = {"clean": torch.stack([it["clean"] for it in items]),
+           "identity": torch.tensor([it["identity"] for it in items], dtype=torch.long)}
+    if all("index" in it for it in items):  # the training set's sample index (teacher target cache)
+        out["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return out
 
 
 def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int, world_size: int,
-            hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+            hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Flip and mask this rank's slice ``clean`` of the global batch.
 
-    Returns ``(clean, masked, mask, kind)``. The random draws are made for the whole global batch
+    Returns ``(clean, masked, mask, kind, flipped)`` (``flipped``: bool per face). The random draws are made for the whole global batch
     (other ranks' slots hold zeros), so the result does not depend on the number of processes."""
     b = clean.shape[0]
     if world_size > 1:
@@ -137,6 +140,7 @@ def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int,
         full[rank * b:(rank + 1) * b] = clean
     else:
         full = clean
+    flip = torch.zeros(full.shape[0], dtype=torch.bool, device=full.device)
     if hflip:
         flip = torch.rand(full.shape[0], generator=generator, device=full.device) < 0.5
         full = torch.where(flip[:, None, None, None], full.flip(-1), full)
@@ -144,7 +148,7 @@ def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int,
         masked, mask, info = masking(full, None, generator=generator)
     sl = slice(rank * b, (rank + 1) * b)
     kind = info["kind"].to(device=clean.device, dtype=torch.long)
-    return full[sl], masked[sl].clamp(0, 1), mask[sl].float(), kind[sl]
+    return full[sl], masked[sl].clamp(0, 1), mask[sl].float(), kind[sl], flip[sl]
 
 
 def describe_splits(splits: Splits, images_per_identity: int) -> str:
@@ -181,6 +185,9 @@ class IdentityFolderTask(Task):
         if self.masking is None:
             raise MeerError(f"{type(self).__name__} was built without a masking op: build it with from_data")
         device = self.dist.device
-        clean, masked, mask, kind = augment(raw["clean"].to(device, non_blocking=True), self.masking, generator,
-                                            self.dist.rank, self.dist.world_size, self.cfg.data.hflip)
-        return Batch(clean=clean, masked=masked, mask=mask, labels=raw["identity"].to(device), kind=kind)
+        clean, masked, mask, kind, flipped = augment(raw["clean"].to(device, non_blocking=True), self.masking,
+                                                     generator, self.dist.rank, self.dist.world_size,
+                                                     self.cfg.data.hflip)
+        index = raw.get("index")
+        return Batch(clean=clean, masked=masked, mask=mask, labels=raw["identity"].to(device), kind=kind,
+                     index=index.to(device) if index is not None else None, flipped=flipped)

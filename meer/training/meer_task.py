@@ -30,6 +30,7 @@ from meer.training import phases
 from meer.training.data import IdentityFolderTask
 from meer.training.distributed import DistInfo
 from meer.training.ema import EMA
+from meer.training.teacher_targets import TeacherTargets
 from meer.training.task import (NonFiniteLoss, TaskData, autocast_factory, build_schedulers, clip_grad_norm,
                                 count_params, step_schedulers)
 from meer.training.validate import ValSet, validate
@@ -79,6 +80,7 @@ class MEERTask(IdentityFolderTask):
 
         # frozen identity teacher (never in an optimiser, never in a checkpoint: rebuilt from loss.teacher)
         self.teacher = build_teacher(lc.teacher, device) if lc.teacher else None
+        self.targets: TeacherTargets | None = None  # the clean faces' teacher embeddings (from_data sets it)
         self.distill_proj = None
         if self.teacher is not None and lc.w_distill > 0 and self.teacher.dim != emb_dim:
             self.distill_proj = nn.Linear(emb_dim, self.teacher.dim, bias=False).to(device)
@@ -121,7 +123,10 @@ class MEERTask(IdentityFolderTask):
 
     @classmethod
     def from_data(cls, cfg, data: TaskData, dist: DistInfo) -> "MEERTask":
-        return build(cfg, data.info["num_classes"], data.info["num_mask_kinds"], dist, masking=data.info["masking"])
+        task = build(cfg, data.info["num_classes"], data.info["num_mask_kinds"], dist, masking=data.info["masking"])
+        if task.teacher is not None and cfg.loss.teacher_cache:
+            task.targets = TeacherTargets(len(data.train), task.teacher.dim)
+        return task
 
     @torch.no_grad()
     def prepare(self, data: TaskData, max_images: int = 512) -> str | None:
@@ -222,6 +227,7 @@ class MEERTask(IdentityFolderTask):
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scalers": {"g": self.scaler.state_dict(), "d": self.scaler_d.state_dict()},
+            **({"teacher_targets": self.targets.state_dict()} if self.targets is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -242,6 +248,11 @@ class MEERTask(IdentityFolderTask):
                 s.load_state_dict(state["schedulers"][k])
         except RuntimeError as exc:
             raise MeerError(f"checkpoint does not fit this model config: {str(exc).splitlines()[0][:200]}") from None
+        if self.targets is not None and "teacher_targets" in state:  # else: filled again as faces are drawn
+            try:
+                self.targets.load_state_dict(state["teacher_targets"])
+            except ValueError as exc:
+                raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
         if state["scalers"]["g"]:
             self.scaler.load_state_dict(state["scalers"]["g"])
         if state["scalers"]["d"]:
@@ -262,7 +273,13 @@ class MEERTask(IdentityFolderTask):
 
         # --- recognizer + generator phases: one forward, one backward ---
         with self.autocast():
-            fwd = phases.forward(self.model, batch, lc, teacher=self.teacher)
+            t_clean = None
+            if self.targets is not None and batch.index is not None and batch.flipped is not None:
+                hits = self.targets.hits
+                t_clean = self.targets.lookup(self.teacher, batch.clean, batch.index, batch.flipped)
+                stats["teacher_targets/hit_share"] = (self.targets.hits - hits) / max(1, batch.index.numel())
+                stats["teacher_targets/coverage"] = self.targets.coverage
+            fwd = phases.forward(self.model, batch, lc, teacher=self.teacher, teacher_clean=t_clean)
             parts = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc, self.distill_proj)
             parts.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
                                         model=self.model, balance=self._balance if self.dist.enabled else None))

@@ -47,6 +47,8 @@ class Batch:
     mask: torch.Tensor  # B x 1 x H x W, 1 = occluded
     labels: torch.Tensor  # B long
     kind: torch.Tensor  # B long, index into MaskAugment.KINDS
+    index: torch.Tensor | None = None  # B long: the training set's sample index (None: not from the training set)
+    flipped: torch.Tensor | None = None  # B bool: the clean face was mirrored
 
 
 @dataclass
@@ -84,7 +86,8 @@ def weigh(parts: dict[str, torch.Tensor], loss_cfg) -> dict[str, torch.Tensor]:
     return out
 
 
-def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None = None) -> Forward:
+def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None = None,
+            teacher_clean: torch.Tensor | None = None) -> Forward:
     """The shared forward: MEER on the masked faces; when an id-preserving term is on, the model also
     embeds the restored and the clean faces in the same call, honouring ``model.id_grad_to_generator``
     and ``model.id_grad_to_recognizer`` (ablation switches of the gradient routing).
@@ -93,7 +96,8 @@ def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None 
     mask plus the binarised, dilated predicted map (the ring and any false positives, which the
     generator must then reproduce), ``gt`` only the exact mask, ``predicted`` only the prediction.
     With a teacher, the clean faces are embedded once without gradient (distillation and id targets)
-    and the restored faces with a gradient that reaches the generator (never the frozen teacher)."""
+    and the restored faces with a gradient that reaches the generator (never the frozen teacher);
+    ``teacher_clean`` passes the clean faces' teacher embeddings when they are already known (a cache)."""
     need_id = loss_cfg.w_id_preserve > 0 or loss_cfg.w_id_restored > 0
     mode = loss_cfg.composite
     out = model(batch.masked, mask=None if mode == "predicted" else batch.mask,
@@ -109,8 +113,11 @@ def forward(model: nn.Module, batch: Batch, loss_cfg, teacher: nn.Module | None 
         id_target = id_target.detach()
     t_clean = t_restored = None
     if teacher is not None:
-        with torch.no_grad():
-            t_clean = teacher.embed(batch.clean).detach()
+        if teacher_clean is not None:
+            t_clean = teacher_clean.detach()
+        else:
+            with torch.no_grad():
+                t_clean = teacher.embed(batch.clean).detach()
         if loss_cfg.w_teacher_id > 0:
             t_restored = teacher.embed(out.restored)
     return Forward(out=out, emb_clean=emb_clean, emb_restored=out.embedding_restored,
