@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from meer.config import ConfigError, to_dict
 from meer.losses.decoupling import DecouplingLoss
@@ -272,17 +273,21 @@ class MEERTask(IdentityFolderTask):
                 d.requires_grad_(False)
 
         # --- recognizer + generator phases: one forward, one backward ---
+        # record_function scopes name the parts of a step in torch.profiler traces (benchmarks/bench_train.py)
         with self.autocast():
             t_clean = None
             if self.targets is not None and batch.index is not None and batch.flipped is not None:
-                hits = self.targets.hits
-                t_clean = self.targets.lookup(self.teacher, batch.clean, batch.index, batch.flipped)
+                with record_function("meer/teacher_clean"):
+                    hits = self.targets.hits
+                    t_clean = self.targets.lookup(self.teacher, batch.clean, batch.index, batch.flipped)
                 stats["teacher_targets/hit_share"] = (self.targets.hits - hits) / max(1, batch.index.numel())
                 stats["teacher_targets/coverage"] = self.targets.coverage
-            fwd = phases.forward(self.model, batch, lc, teacher=self.teacher, teacher_clean=t_clean)
-            parts = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc, self.distill_proj)
-            parts.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
-                                        model=self.model, balance=self._balance if self.dist.enabled else None))
+            with record_function("meer/forward"):
+                fwd = phases.forward(self.model, batch, lc, teacher=self.teacher, teacher_clean=t_clean)
+            with record_function("meer/losses"):
+                parts = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc, self.distill_proj)
+                parts.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
+                                            model=self.model, balance=self._balance if self.dist.enabled else None))
         diagnostics = {k: parts.pop(k) for k in [k for k in parts if "/" in k]}  # logged, not trained on
         terms = phases.weigh(parts, lc)
         total = sum(t.float() for t in terms.values())
@@ -292,7 +297,8 @@ class MEERTask(IdentityFolderTask):
             raise NonFiniteLoss(f"non-finite loss at step {step} ({', '.join(bad) or 'total'})")
         self.opt_r.zero_grad(set_to_none=True)
         self.opt_g.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        with record_function("meer/backward"):
+            self.scaler.scale(total).backward()
         norms = {}
         for key, opt, params in (("r", self.opt_r, self.params_r), ("g", self.opt_g, self.params_g)):
             dd.average_gradients(params, self.dist)
@@ -310,12 +316,25 @@ class MEERTask(IdentityFolderTask):
         # gradients happen to be finite
         skipped = fp16 and not (finite and grads_ok)
         if not skipped:
-            self.scaler.step(self.opt_r)
-            self.scaler.step(self.opt_g)
+            with record_function("meer/optimizer"):
+                self.scaler.step(self.opt_r)
+                self.scaler.step(self.opt_g)
         self.scaler.update()
 
         # --- discriminator phase ---
         if self.opt_d is not None:
+            self._d_step(batch, fwd, step, stats, norms, fp16)
+        step_schedulers(self.schedulers)
+        if self.ema is not None and not skipped:
+            with record_function("meer/ema"):
+                stats["ema_beta"] = self.ema.update(self.model, self.cfg.data.batch_size, nimg)
+        return self._step_stats(stats, parts, diagnostics, total, norms, fp16, skipped)
+
+    def _d_step(self, batch: phases.Batch, fwd: phases.Forward, step: int, stats: dict[str, float],
+                norms: dict[str, float], fp16: bool) -> None:
+        """The discriminators' step on the clean and the restored faces (lazy R1 on its interval)."""
+        lc = self.cfg.loss
+        with record_function("meer/d_phase"):
             for d in (self.d_patch, self.d_local):
                 if d is not None:
                     d.requires_grad_(True)
@@ -338,9 +357,8 @@ class MEERTask(IdentityFolderTask):
                 stats[f"loss/{k}"] = float(v.detach())
             stats["loss/d_total"] = float(d_total.detach())
 
-        step_schedulers(self.schedulers)
-        if self.ema is not None and not skipped:
-            stats["ema_beta"] = self.ema.update(self.model, self.cfg.data.batch_size, nimg)
+    def _step_stats(self, stats: dict[str, float], parts: dict[str, torch.Tensor], diagnostics: dict[str, Any],
+                    total: torch.Tensor, norms: dict[str, float], fp16: bool, skipped: bool) -> dict[str, float]:
         for k, v in parts.items():  # every part unweighted (the weights are in the config)
             stats[f"loss/{k}"] = float(v.detach())
         for k, v in diagnostics.items():  # decoupling adversaries' accuracies etc.
