@@ -15,6 +15,13 @@ are no-ops unless it overrides them. What is saved in a checkpoint -- the task's
 optimisers, schedulers, GradScalers, EMA), the Python/numpy/torch RNGs, the augmentation generator and
 the data position -- is exactly what the next step depends on, so a run resumed at step k ends
 bit-identical (on CPU) to an uninterrupted one.
+
+Resuming on another number of processes (``torchrun`` world size): the global batch and the data order
+do not depend on the number of processes (``meer.training.sampler``), and every rank draws the masks
+of the whole global batch, so a checkpoint resumes on any world size that divides the global batch and
+continues with the same samples in the same order; the change is logged. A config whose global batch
+differs from the checkpoint's is refused (one line): the saved data position counts global batches.
+Only rank 0 writes (log, stats, grids, checkpoints, export); every rank reads the checkpoint to resume.
 """
 from __future__ import annotations
 
@@ -122,12 +129,21 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
         state = load_state(ckpt_path, map_location=device)
         if state.get("config", {}).get("task", cfg.task) != cfg.task:
             raise MeerError(f"{ckpt_path} was written by task {state['config']['task']!r}, this config trains {cfg.task!r}")
+        saved_batch = state.get("global_batch")
+        if saved_batch is not None and int(saved_batch) != data.batch_size:
+            raise MeerError(f"{ckpt_path} was written with global batch {saved_batch}, this config has {data.batch_size}: "
+                            f"the saved data position counts global batches; resume with data.batch_size={saved_batch}")
         task.load_state_dict(state["task"])
         stream.load_state_dict(state["data"])
         set_rng_state(state["rng"], {"augment": aug_gen})
         start_step = int(state["step"])
         best = float(state.get("best", -math.inf))
         log.info(f"resumed from {ckpt_path} at step {start_step}")
+        saved_world = state.get("world_size")
+        if saved_world is not None and int(saved_world) != info.world_size:
+            log.info(f"checkpoint written by {saved_world} process(es), resumed on {info.world_size}: the global "
+                     f"batch ({data.batch_size}) and the data order do not depend on the process count, so the run "
+                     f"continues with the same samples ({data.batch_size // info.world_size} per process per step)")
     else:
         log.info(f"run directory {run_path}")
         message = task.prepare(data)  # per-task initialisation from data (fresh runs only)
@@ -150,7 +166,8 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
 
     def full_state(step: int) -> dict[str, Any]:
         return {"step": step, "config": to_dict(cfg), "task": task.state_dict(), "data": stream.state_dict(),
-                "rng": rng_state({"augment": aug_gen}), "best": best}
+                "rng": rng_state({"augment": aug_gen}), "best": best,
+                "global_batch": data.batch_size, "world_size": info.world_size}
 
     bar = tqdm(total=end_step, initial=start_step, desc="meer-train", unit="step", dynamic_ncols=True,
                disable=not (info.is_main and cfg.log.progress), file=sys.stderr)

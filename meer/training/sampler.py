@@ -3,8 +3,15 @@
 Each epoch is one permutation of the dataset drawn from ``(seed, epoch)``; it is cut into global
 batches of ``batch_size``, and rank ``r`` of ``w`` takes the ``r``-th of ``w`` equal slices of each
 global batch. So a 2-process run sees exactly the images a 1-process run sees, split in two, and
-the position ``(epoch, batches already taken)`` is all that is needed to continue after a resume.
-The last incomplete global batch of an epoch is dropped (constant batch shapes).
+the position ``(epoch, batches already taken)`` is all that is needed to continue after a resume --
+on any number of processes that divides the global batch (see ``meer.training.loop``).
+
+The remainder rule: an epoch of ``N`` samples and global batch ``B`` has ``N // B`` steps, and its
+``N // B * B`` samples are each seen exactly once, by exactly one rank; the ``N % B`` samples at the
+end of that epoch's permutation are dropped for that epoch -- never padded or repeated, so batch
+shapes are constant and no sample counts twice. The next epoch's fresh permutation drops others.
+``B`` must be divisible by the number of processes (one-line error otherwise), so every rank takes
+``B / w`` samples per step and all ranks run the same number of steps.
 """
 from __future__ import annotations
 
