@@ -40,6 +40,10 @@ sys.path.insert(0, str(REPO))
 from meer.data.splits import shared_data_root  # noqa: E402
 
 CONFIG = REPO / "configs" / "meer_v2_cpu.yaml"
+# every row: dlib's pretrained trunk and head move at lr_r * 0.01 (the shipped run used 0.1). Without the teacher's
+# distillation, 0.1 lets the margin loss drive the BN-free trunk's features up by orders of magnitude within 200
+# steps: the embedding collapses to one direction (r1: verification at chance; r2: the decoupling loss overflows)
+COMMON = ["optim.lr_pretrained_ratio=0.01"]
 NO_RESTORATION = ["loss.w_l1=0", "loss.w_l1_visible=0", "loss.w_adv_patch=0", "loss.w_adv_local=0",
                   "loss.w_teacher_id=0", "loss.w_distill=0", "loss.teacher="]
 ROWS: dict[str, tuple[str, list[str]]] = {
@@ -48,7 +52,7 @@ ROWS: dict[str, tuple[str, list[str]]] = {
     "r2": ("+ mask decoupling", NO_RESTORATION),
     "r3": ("+ restoration, own id-preserving loss",
            ["loss.w_teacher_id=0", "loss.w_distill=0", "loss.teacher=", "loss.w_id_preserve=1.0"]),
-    "r4": ("+ dlib teacher: distillation, teacher id loss (shipped recipe)", []),
+    "r4": ("+ dlib teacher: distillation, teacher id loss (the shipped recipe's losses)", []),
 }
 RESTORES = {"r3", "r4"}
 EVALS = {"lfw": ("faces/lfw", "splits/lfw_eval_identities.txt"),
@@ -70,7 +74,7 @@ def train(row: str, steps: int) -> Path:
         cmd = ["meer-train", "--resume", str(existing)]
     else:
         cmd = ["meer-train", "--config", str(CONFIG), f"name=ablation_{row}", f"total_steps={steps}",
-               f"runs_dir=runs/ablation/{row}", "log.progress=false", *ROWS[row][1]]
+               f"runs_dir=runs/ablation/{row}", "log.progress=false", *COMMON, *ROWS[row][1]]
     print(f"[{time.strftime('%H:%M:%S')}] {row}: {' '.join(cmd)}", flush=True)
     with open(log, "a", encoding="utf-8") as fh:
         # this checkout's meer (a frozen worktree can run the ablation while the main tree changes)
