@@ -1,5 +1,6 @@
 """End-to-end runs of the evaluation harness on tiny generated identity sets with small fakes for
 the detector, the masker and the judge (the real dlib judge is tested in test_eval_judges.py)."""
+import dataclasses
 import json
 from pathlib import Path
 
@@ -8,13 +9,17 @@ import numpy as np
 import pytest
 
 from meer.data.pairs import Pair, read_pairs, write_pairs
+from meer.evaluation.cache import pixel_digest
 from meer.evaluation.dataset import scan_eval_data
 from meer.evaluation.harness import Components, EvalOptions, EmbeddingMethod, run_evaluation, source_pairs
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.methods import NoRestore, TeleaRestorer
+from meer.evaluation.keys import ScoreKey, ViewKey
+from meer.evaluation.methods import NOTHING, NoRestore, RestorationMethod, Restored, TeleaInpainting
 from meer.evaluation.prepare import image_seed
-from meer.evaluation.quality import region_scores
+from meer.evaluation.quality import region_agreement, region_scores
+from meer.evaluation.views import EvalResult
 from meer.faces.template import ARCFACE_112
+from meer.utils.errors import MeerError
 from meer.utils.images import write_image
 
 SIZE = 96
@@ -68,18 +73,18 @@ class NoFaceLocator:
         return out
 
 
-def fake_masker(canvas, landmarks, seed):
+def fake_masker(crop, landmarks, seed):
     """Grey block from just under the nose to the chin; its colour depends on the seed."""
     y0 = int(landmarks[2, 1]) + 4
-    mask = np.zeros(canvas.shape[:2], bool)
-    mask[y0:186, 40:184] = True  # inside the photo (it covers canvas pixels 28..196)
-    out = canvas.copy()
+    mask = np.zeros(crop.shape[:2], bool)
+    mask[y0:106, 8:104] = True
+    out = crop.copy()
     out[mask] = 100 + seed % 50
     return out, mask
 
 
 class BlockJudge(Judge):
-    """Mean colours of an 8x8 grid over the face region; counts how many faces it embedded."""
+    """Mean colours of an 8x8 grid over the 112 crop; counts how many faces it embedded and keeps them."""
 
     name = "block"
     cache_key = "block-v1"
@@ -87,11 +92,14 @@ class BlockJudge(Judge):
     def __init__(self, fail_on_flat: bool = False):
         self.calls = 0
         self.fail_on_flat = fail_on_flat
+        self.seen: list[np.ndarray] = []
 
-    def embed(self, canvases):
-        self.calls += len(canvases)
-        face = canvases[:, 28:196, 28:196].astype(np.float32)
-        v = face.reshape(len(face), 8, 21, 8, 21, 3).mean(axis=(2, 4)).reshape(len(face), -1)
+    def embed(self, crops):
+        assert crops.shape[1:] == (112, 112, 3) and crops.dtype == np.uint8
+        self.calls += len(crops)
+        self.seen += [c.copy() for c in crops]
+        face = crops.astype(np.float32)
+        v = face.reshape(len(face), 8, 14, 8, 14, 3).mean(axis=(2, 4)).reshape(len(face), -1)
         v -= v.mean(axis=1, keepdims=True)
         ok = np.ones(len(face), bool)
         if self.fail_on_flat:  # a face that is mostly one flat colour cannot be enrolled
@@ -99,9 +107,25 @@ class BlockJudge(Judge):
         return JudgeOutput(v.astype(np.float32), ok)
 
 
+class LowerHalf(RestorationMethod):
+    """A blind stand-in for MEER: predicts the lower half of the face as its region and fills it with the mean
+    colour of the upper half; that predicted half is the region it reports."""
+
+    name = "half"
+    given = NOTHING
+
+    def _restore(self, crops, mask):
+        out = crops.copy()
+        region = np.zeros(crops.shape[:3], bool)
+        region[:, 70:] = True
+        for c in out:
+            c[70:] = c[:70].reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+        return Restored(out, region)
+
+
 def components(judge=None, telea=True, **kw):
-    restorers = [NoRestore(), TeleaRestorer()] if telea else [NoRestore()]
-    return Components(judges=[judge or BlockJudge()], restorers=restorers,
+    methods = [NoRestore(), TeleaInpainting()] if telea else [NoRestore()]
+    return Components(judges=[judge or BlockJudge()], methods=methods,
                       locator=kw.pop("locator", fake_locator), masker=fake_masker, **kw)
 
 
@@ -120,7 +144,9 @@ def test_end_to_end_writes_every_report_file(tmp_path):
     data = make_set(tmp_path / "data")
     out = tmp_path / "report"
     loc = NoFaceLocator(data)
-    res = run_evaluation(options(data, out, cache_dir=tmp_path / "cache", plots=True), components(locator=loc))
+    run = run_evaluation(options(data, out, cache_dir=tmp_path / "cache", plots=True), components(locator=loc))
+    assert isinstance(run, EvalResult)
+    res = run.results
     for f in ("report.md", "results.json", "pairs.txt", "roc_synthetic_block.png", "hist_synthetic_block.png",
               "grid_synthetic_telea.png"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
@@ -154,10 +180,10 @@ def test_rerun_uses_caches_and_gives_identical_numbers(tmp_path):
     data = make_set(tmp_path / "data", noface=False)
     cache = tmp_path / "cache"
     j1, loc1 = BlockJudge(), NoFaceLocator(data)
-    r1 = run_evaluation(options(data, tmp_path / "r1", cache_dir=cache, grid=0), components(j1, False, locator=loc1))
+    r1 = run_evaluation(options(data, tmp_path / "r1", cache_dir=cache, grid=0), components(j1, False, locator=loc1)).results
     assert j1.calls > 0 and loc1.calls > 0
     j2, loc2 = BlockJudge(), NoFaceLocator(data)
-    r2 = run_evaluation(options(data, tmp_path / "r2", cache_dir=cache, grid=0), components(j2, False, locator=loc2))
+    r2 = run_evaluation(options(data, tmp_path / "r2", cache_dir=cache, grid=0), components(j2, False, locator=loc2)).results
     assert j2.calls == 0 and loc2.calls == 0  # embeddings and landmarks both came from the cache
     strip = lambda r: [{k: v for k, v in x.items()} for x in r["verification"]]  # noqa: E731
     assert strip(r1) == strip(r2)
@@ -167,16 +193,15 @@ def test_rerun_uses_caches_and_gives_identical_numbers(tmp_path):
 def test_judge_failures_are_counted_per_condition(tmp_path):
     data = make_set(tmp_path / "data", noface=False)
 
-    def flat_masker(canvas, landmarks, seed):  # masks that flatten the whole face: the judge cannot enrol them
-        out = canvas.copy()
-        mask = np.zeros(canvas.shape[:2], bool)
-        mask[20:204, 20:204] = True
+    def flat_masker(crop, landmarks, seed):  # masks that flatten the whole face: the judge cannot enrol them
+        out = crop.copy()
+        mask = np.ones(crop.shape[:2], bool)
         out[mask] = 128
         return out, mask
 
-    comp = Components(judges=[BlockJudge(fail_on_flat=True)], restorers=[NoRestore()], locator=fake_locator,
+    comp = Components(judges=[BlockJudge(fail_on_flat=True)], methods=[NoRestore()], locator=fake_locator,
                       masker=flat_masker)
-    res = run_evaluation(options(data, tmp_path / "out", grid=0), comp)
+    res = run_evaluation(options(data, tmp_path / "out", grid=0), comp).results
     clean = rows(res, condition="clean-vs-clean")[0]
     masked = rows(res, condition="masked-vs-clean")[0]
     assert clean["fte_rate"] == 0 and clean["pairs_excluded_fte"] == 0
@@ -198,7 +223,7 @@ def test_pairs_file_with_missing_identities_and_images_is_reported(tmp_path):
     text[1] = "Ghost_Person\t1\t2"  # unknown identity
     text[2] = "id01\t1\t9"  # image number beyond the identity's 3 photos
     text_path.write_text("\n".join(text) + "\n")
-    res = run_evaluation(options(data, tmp_path / "out", pairs=text_path, grid=0), components(telea=False))
+    res = run_evaluation(options(data, tmp_path / "out", pairs=text_path, grid=0), components(telea=False)).results
     assert res["pairs"]["dropped"] == 2 and res["pairs"]["total"] == 8
     assert any("Ghost_Person" in n and "id01 #9" in n for n in res["notes"])
     assert "Ghost_Person" in (tmp_path / "out" / "report.md").read_text()
@@ -208,8 +233,9 @@ def test_pairs_file_with_missing_identities_and_images_is_reported(tmp_path):
 def test_real_masked_layout_gives_a_real_source(tmp_path):
     data = make_set(tmp_path / "data", n_ids=8, shots=4, paired=True, noface=False)
     comp = components()
+    comp.methods.append(LowerHalf())
     comp.embedding_methods = [EmbeddingMethod("block-embed", comp.judges[0], transform=lambda v: v * 2.0)]
-    res = run_evaluation(options(data, tmp_path / "out", per_fold=20), comp)
+    res = run_evaluation(options(data, tmp_path / "out", per_fold=20), comp).results
     assert res["sources"] == ["synthetic", "real"] and res["real_masked_images"] == 8
     counts = res["pair_counts"]["real"]
     assert counts["masked-vs-clean"] > 0 and counts["restored-vs-clean"] == counts["masked-vs-clean"]
@@ -220,8 +246,12 @@ def test_real_masked_layout_gives_a_real_source(tmp_path):
     # cosine is scale-free: the doubled embedding scores exactly like the plain masked one
     assert own[0]["auc"] == rows(res, source="real", judge="block", condition="masked-vs-clean")[0]["auc"]
     rk = [x for x in res["rank1"] if x["source"] == "real"][0]
-    assert rk["gallery"] == 8 and rk["probes"] == 8 and "restored:telea" in rk
-    assert (tmp_path / "out" / "grid_real_telea.png").is_file()
+    assert rk["gallery"] == 8 and rk["probes"] == 8 and "restored:half" in rk
+    # real masks have no ground truth: the oracle (telea) runs on synthetic masks only, and a note says so
+    assert rows(res, source="synthetic", method="telea") and not rows(res, source="real", method="telea")
+    assert any("telea skipped on real masks" in n and "ground-truth" in n for n in res["notes"])
+    assert "restored:telea" not in rk
+    assert (tmp_path / "out" / "grid_real_half.png").is_file() and (tmp_path / "out" / "grid_synthetic_telea.png").is_file()
 
 
 def test_source_pairs_orients_real_probes(tmp_path):
@@ -240,7 +270,7 @@ def test_identity_restriction_and_missing_identities(tmp_path):
     data = make_set(tmp_path / "data", noface=False)
     ids = tmp_path / "ids.txt"
     ids.write_text("\n".join([f"id{i:02d}" for i in range(6)] + ["Nobody"]) + "\n")
-    res = run_evaluation(options(data, tmp_path / "out", identities=ids, per_fold=3, grid=0), components(telea=False))
+    res = run_evaluation(options(data, tmp_path / "out", identities=ids, per_fold=3, grid=0), components(telea=False)).results
     assert res["identities"] == 6
     assert any("Nobody" in n for n in res["notes"])
 
@@ -252,15 +282,16 @@ def test_image_seed_is_order_independent_and_seeded():
 
 
 def test_region_scores_by_hand():
-    clean = np.full((1, 224, 224, 3), 100, np.uint8)
+    clean = np.full((1, 112, 112, 3), 100, np.uint8)
     restored = clean.copy()
-    mask = np.zeros((1, 224, 224), bool)
-    mask[0, 100:120, 50:150] = True  # 2000 pixels
+    mask = np.zeros((1, 112, 112), bool)
+    mask[0, 70:90, 10:110] = True  # 2000 pixels
     restored[0][mask[0]] = 110
     q = region_scores(restored, clean, mask)
     mse_mask = (10 / 255) ** 2
     assert q["psnr_mask"][0] == pytest.approx(10 * np.log10(1 / mse_mask), abs=1e-3)
-    assert q["psnr_face"][0] == pytest.approx(10 * np.log10(1 / (mse_mask * 2000 / 168 ** 2)), abs=1e-3)
+    # the whole crop: 2000 of 112 x 112 pixels off by 10 levels
+    assert q["psnr_face"][0] == pytest.approx(10 * np.log10(1 / (mse_mask * 2000 / 112 ** 2)), abs=1e-3)
     assert q["ssim_face"][0] < 1.0 and q["ssim_mask"][0] < q["ssim_face"][0]
     same = region_scores(clean, clean, mask)
     assert same["ssim_face"][0] == pytest.approx(1.0, abs=1e-6) and same["psnr_mask"][0] > 90
@@ -302,3 +333,138 @@ def test_eum_method_wraps_the_judge_it_was_trained_on(tmp_path):
     none, why = eum_method(path, [])
     assert none is None and "'block'" in why
     assert eum_method(None, [judge])[0] is None
+
+
+# ------------------------------------------------------------------ fair comparisons: mask information, regions
+
+def region_of(run, method):
+    v = run.views
+    paths = list(v.truth["synthetic"])
+    return (np.stack([v.regions[ViewKey.restored("synthetic", method)][p] for p in paths]),
+            np.stack([v.truth["synthetic"][p] for p in paths]))
+
+
+def test_rows_say_which_method_had_the_ground_truth_and_blind_telea_gets_the_blind_region(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+    comp = components()
+    comp.methods += [TeleaInpainting("half-telea", given="half"), LowerHalf()]  # listed before its provider
+    run = run_evaluation(options(data, tmp_path / "out", grid=2), comp)
+    res = run.results
+    by = {r["method"]: r for r in rows(res, condition="restored-vs-clean")}
+    assert by["telea"]["oracle"] and by["telea"]["mask_given"] == "ground truth"
+    assert not by["half"]["oracle"] and by["half"]["mask_given"] == "nothing"
+    assert not by["half-telea"]["oracle"] and by["half-telea"]["mask_given"] == "region of half"
+    assert res["mask_given"] == {"none": "nothing", "telea": "ground truth", "half-telea": "region of half",
+                                 "half": "nothing"}
+    report = (tmp_path / "out" / "report.md").read_text()
+
+    def line(method):
+        return next(x for x in report.splitlines() if x.startswith(f"| restored-vs-clean | {method} |"))
+
+    assert "| ground truth (oracle) |" in line("telea")
+    assert "| none (blind) |" in line("half")
+    assert "| half's region (blind) |" in line("half-telea")
+    assert "| masked-vs-clean | none | - |" in report
+    # each method's region is the one it reports: telea's is exactly the ground truth, the blind telea's exactly
+    # the region the blind method reported (the same mask information)
+    half, truth = region_of(run, "half")
+    np.testing.assert_array_equal(region_of(run, "telea")[0], truth)
+    np.testing.assert_array_equal(region_of(run, "half-telea")[0], half)
+    q = {x["method"]: x for x in res["quality"]}
+    assert q["telea"]["oracle"] and q["telea"]["region_iou"] == pytest.approx(1.0)
+    assert q["half"]["region_iou"] == pytest.approx(np.nanmean(region_agreement(half, truth)["iou"]))
+    assert q["half"]["region_share"] == pytest.approx(42 / 112)  # rows 70..111
+    assert q["none"]["region_share"] == 0.0
+    assert "| half | none (blind) | 37.5 |" in report
+
+
+def test_restored_crops_reach_the_judge_bit_identical_and_once(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+    outputs: dict[str, np.ndarray] = {}
+
+    class Recording(LowerHalf):
+        name = "rec"
+
+        def _restore(self, crops, mask):
+            out = super()._restore(crops, mask)
+            outputs.update({pixel_digest(c): c.copy() for c in out.crops})
+            return out
+
+    judge = BlockJudge()
+    comp = components(judge)
+    comp.methods.append(Recording())
+    run = run_evaluation(options(data, tmp_path / "out", grid=0), comp)
+    seen = {}
+    for c in judge.seen:
+        d = pixel_digest(c)
+        assert d not in seen  # every distinct crop is judged once
+        seen[d] = c
+    restored = run.views.crops[ViewKey.restored("synthetic", "rec")]
+    assert len(restored) == len(run.views.truth["synthetic"]) > 0
+    for crop in restored.values():
+        d = pixel_digest(crop)
+        # what the judge read is byte for byte what the method returned: no resampling in between
+        np.testing.assert_array_equal(seen[d], outputs[d])
+    masked = run.views.crops[ViewKey.masked("synthetic")]
+    assert all(pixel_digest(c) in seen for c in masked.values())
+
+
+def test_a_method_changing_pixels_outside_its_reported_region_is_refused(tmp_path):
+    data = make_set(tmp_path / "data", noface=False)
+
+    class Liar(LowerHalf):
+        name = "liar"
+
+        def _restore(self, crops, mask):
+            out = super()._restore(crops, mask)
+            out.crops[:, 5, 5] = 255 - out.crops[:, 5, 5]  # above the half it says it replaced
+            return out
+
+    comp = components(telea=False)
+    comp.methods.append(Liar())
+    with pytest.raises(MeerError, match=r"method liar changed \d+ pixels outside the region it reports"):
+        run_evaluation(options(data, tmp_path / "out", grid=0), comp)
+
+
+def test_scores_and_views_are_keyed_by_frozen_dataclasses(tmp_path):
+    from meer.evaluation.plots import load_scores
+
+    data = make_set(tmp_path / "data", noface=False)
+    out = tmp_path / "out"
+    run = run_evaluation(options(data, out, grid=0), components())
+    key = ScoreKey("synthetic", "block", "restored-vs-clean", "telea")
+    assert key in run.scores and {key: 1}[ScoreKey(*dataclasses.astuple(key))] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        key.method = "x"
+    assert key.view(0) == ViewKey.restored("synthetic", "telea") and key.view(1) == ViewKey.clean()
+    assert ViewKey.restored("synthetic", "none") == ViewKey.masked("synthetic")  # none restores nothing
+    with pytest.raises(ValueError):
+        ViewKey("restored", "synthetic")
+    # every verification row is the numbers of one key's scored pairs
+    for r in run.results["verification"]:
+        ps = run.scores[ScoreKey(r["source"], r["judge"], r["condition"], r["method"])]
+        assert ps.scored == r["pairs_scored"] and ps.failed == r["fte_images"]
+    # scores.npz names are made from the keys and read back as the same keys and arrays
+    npz = load_scores(out)
+    assert set(npz) == {k for k, ps in run.scores.items() if ps.has_both_kinds}
+    for k, (s, g) in npz.items():
+        np.testing.assert_array_equal(s, run.scores[k].scores)
+        np.testing.assert_array_equal(g, run.scores[k].genuine)
+    assert ScoreKey.from_npz_name(key.npz_name) == key
+
+
+def test_score_pairs_by_hand():
+    from meer.evaluation.scoring import score_pairs
+
+    judge = BlockJudge()  # cosine
+    emb = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0]), "c": np.array([1.0, 1.0])}
+    ps = score_pairs(judge, [("a", "c", True, 0), ("a", "b", False, 1), ("a", "x", True, 1)], emb)
+    np.testing.assert_allclose(ps.scores, [1 / np.sqrt(2), 0.0])
+    assert ps.pairs == [("a", "c"), ("a", "b")] and ps.genuine.tolist() == [True, False]
+    assert (ps.total, ps.images, ps.failed) == (3, 4, 1)  # a, b, c, x; x not enrolled
+    row = ps.row(bootstrap=10)
+    assert row["pairs_excluded_fte"] == 1 and row["fte_rate"] == 0.25
+    # two views: an image counts once per side
+    two = score_pairs(judge, [("a", "a", True, 0)], emb, {"a": emb["b"]})
+    assert two.images == 2 and two.scores[0] == pytest.approx(0.0)
+    assert score_pairs(judge, [], emb).row()["error"] == "no pairs of this kind"

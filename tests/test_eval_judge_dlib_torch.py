@@ -1,9 +1,9 @@
-"""The batched PyTorch dlib judge (``dlib-torch``): agrees with the C++ judge on the canvas, batches,
+"""The batched PyTorch dlib judge (``dlib-torch``): agrees with the C++ judge on 112 crops, batches,
 and is registered for ``meer-eval --judges dlib-torch``."""
 import numpy as np
 import pytest
 
-from meer.evaluation.geometry import canvas_matrix, warp_to_canvas
+from meer.evaluation.geometry import crop_from_photo
 from meer.evaluation.judge_dlib import dlib_available
 from meer.utils.dlib_models import RESNET, has_dlib_models
 from meer.utils.images import read_image
@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(not has_dlib_models(RESNET), reason="face-recogn
 
 
 @pytest.fixture(scope="module")
-def canvases(astronaut_path):
-    a = warp_to_canvas(read_image(astronaut_path).rgb, canvas_matrix(ASTRONAUT_LANDMARKS))
+def crops(astronaut_path):
+    a = crop_from_photo(read_image(astronaut_path).rgb, ASTRONAUT_LANDMARKS)[0]
     return np.stack([a, a[:, ::-1].copy(), np.full_like(a, 128)])
 
 
@@ -25,25 +25,25 @@ def judge(tmp_path_factory):
     return DlibTorchJudge(batch_size=2, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def test_batched_embeddings_and_metric(judge, canvases):
-    out = judge.embed(canvases)
+def test_batched_embeddings_and_metric(judge, crops):
+    out = judge.embed(crops)
     assert out.vectors.shape == (3, 128) and out.vectors.dtype == np.float32 and out.ok.all()
-    single = judge.embed(canvases[:1]).vectors
+    single = judge.embed(crops[:1]).vectors
     np.testing.assert_allclose(out.vectors[:1], single, atol=1e-5)  # batch size does not matter
     assert judge.metric == "euclidean" and judge.name == "dlib-torch"
     d = -judge.pair_scores(out.vectors[:1], out.vectors[1:2])[0]
     assert 0 < d < 0.6  # mirrored photo of the same person
-    assert judge.embed(canvases[:0]).vectors.shape == (0, 128)
+    assert judge.embed(crops[:0]).vectors.shape == (0, 128)
 
 
 @pytest.mark.skipif(not dlib_available(), reason="dlib not installed")
-def test_agrees_with_the_cpp_judge(judge, canvases):
+def test_agrees_with_the_cpp_judge(judge, crops):
     from meer.evaluation.judge_dlib import DlibJudge
 
     cpp = DlibJudge()
     assert cpp.weights == judge.weights  # the same network: never independent of each other
-    a = cpp.embed(canvases[:2]).vectors
-    b = judge.embed(canvases[:2]).vectors
+    a = cpp.embed(crops[:2]).vectors
+    b = judge.embed(crops[:2]).vectors
     # the C++ judge fits dlib's landmarks per face, dlib-torch uses their mean position on aligned faces
     assert np.linalg.norm(a - b, axis=1).max() < 0.3
 

@@ -1,13 +1,16 @@
-"""Judges and restoration methods: the real dlib judge (skipped without dlib), facenet's crop
-geometry with random weights, the MEER judge / restorer contract with tiny fake models, Telea."""
+"""Judges and restoration methods on 112 crops: the real dlib judge (skipped without dlib), facenet's crop
+geometry with random weights, the MEER judge / restoration contract with tiny fake models, Telea."""
+from types import SimpleNamespace
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from meer.evaluation.geometry import ARCFACE_REGION, CANVAS_TEMPLATE, arcface_crops, canvas_matrix, warp_to_canvas
+from meer.evaluation.geometry import check_crops, crop_from_aligned, crop_from_photo
 from meer.evaluation.judge_dlib import box_iou, dlib_available
 from meer.evaluation.judge_meer import MeerJudge
-from meer.evaluation.methods import MeerRestorer, TeleaRestorer
+from meer.evaluation.methods import NOTHING, TRUTH, MeerRestoration, TeleaInpainting
 from meer.faces.template import ARCFACE_112
 from meer.utils.errors import MeerError
 from meer.utils.images import read_image
@@ -19,8 +22,8 @@ needs_dlib = pytest.mark.skipif(not dlib_available(), reason="dlib / face-recogn
 
 
 @pytest.fixture(scope="module")
-def astronaut_canvas(astronaut_path):
-    return warp_to_canvas(read_image(astronaut_path).rgb, canvas_matrix(ASTRONAUT_LANDMARKS))
+def astronaut_crop(astronaut_path):
+    return crop_from_photo(read_image(astronaut_path).rgb, ASTRONAUT_LANDMARKS)[0]
 
 
 @pytest.fixture(scope="module")
@@ -32,24 +35,27 @@ def dlib_judge():
     return DlibJudge()
 
 
-def test_canvas_places_landmarks_on_the_template(astronaut_canvas):
-    m = canvas_matrix(ASTRONAUT_LANDMARKS)
-    placed = ASTRONAUT_LANDMARKS @ m[:, :2].T + m[:, 2]
-    # a similarity (rotation + uniform scale + shift), fitted in the least-squares sense: this face's
-    # eyes land within a few pixels of the template's, its mouth (narrower than the template's) less so
-    a, b = m[0, 0], m[1, 0]
-    np.testing.assert_allclose(m[:, :2], [[a, -b], [b, a]], atol=1e-9)
-    assert np.abs(placed[:2] - CANVAS_TEMPLATE[:2]).max() < 4.0
-    assert np.abs(placed.mean(0) - CANVAS_TEMPLATE.mean(0)).max() < 1e-3  # centroids coincide
-    crop = arcface_crops(astronaut_canvas[None])[0]
-    assert crop.shape == (112, 112, 3)
-    assert ARCFACE_REGION == (28.0, 28.0, 196.0, 196.0)
+def test_crops_put_the_landmarks_on_the_template(astronaut_path, astronaut_crop):
+    crop, lm = crop_from_photo(read_image(astronaut_path).rgb, ASTRONAUT_LANDMARKS)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, astronaut_crop)
+    # a least-squares similarity: this face's eyes land within a few pixels of the template's, centroids coincide
+    assert np.abs(lm[:2] - ARCFACE_112[:2]).max() < 3.0
+    assert np.abs(lm.mean(0) - ARCFACE_112.mean(0)).max() < 1e-3
+    # aligned input: a 112 crop is used exactly as it is, other sizes are resized once
+    assert crop_from_aligned(crop) is not None and np.array_equal(crop_from_aligned(crop), crop)
+    big = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC)
+    assert crop_from_aligned(big).shape == (112, 112, 3)
+    with pytest.raises(MeerError, match="square"):
+        crop_from_aligned(crop[:100])
+    with pytest.raises(MeerError, match="112 x 112 x 3 uint8 ArcFace crops, got uint8 \\(1, 224, 224, 3\\)"):
+        check_crops(big[None])
 
 
 @needs_dlib
-def test_dlib_judge_is_deterministic_and_separates_faces(dlib_judge, astronaut_canvas):
-    flipped = astronaut_canvas[:, ::-1].copy()
-    out = dlib_judge.embed(np.stack([astronaut_canvas, astronaut_canvas, flipped]))
+def test_dlib_judge_is_deterministic_and_separates_faces(dlib_judge, astronaut_crop):
+    flipped = astronaut_crop[:, ::-1].copy()
+    out = dlib_judge.embed(np.stack([astronaut_crop, astronaut_crop, flipped]))
     assert out.vectors.shape == (3, 128) and out.ok.all()
     np.testing.assert_array_equal(out.vectors[0], out.vectors[1])
     d = -dlib_judge.pair_scores(out.vectors[:1], out.vectors[2:])[0]
@@ -57,36 +63,39 @@ def test_dlib_judge_is_deterministic_and_separates_faces(dlib_judge, astronaut_c
 
 
 @needs_dlib
-def test_dlib_template_box_matches_its_own_detector(dlib_judge, astronaut_canvas):
-    """The calibrated box stands in for dlib's HOG box: on a clean face they overlap and give
+def test_dlib_template_box_matches_its_own_detector(dlib_judge, astronaut_crop):
+    """The calibrated box stands in for dlib's HOG box: on a clean crop they overlap and give
     nearly the same descriptor."""
-    dets = dlib_judge.hog(astronaut_canvas, 0)
+    from meer.evaluation.geometry import reflect_pad
+    from meer.evaluation.judge_dlib import PAD
+
+    dets = dlib_judge.hog(astronaut_crop, 0)
     assert len(dets) == 1
     r = dets[0]
-    hog_box = (r.left(), r.top(), r.right(), r.bottom())
-    tb = dlib_judge.box
-    assert box_iou(hog_box, (tb.left(), tb.top(), tb.right(), tb.bottom())) > 0.6
+    assert box_iou((r.left(), r.top(), r.right(), r.bottom()), dlib_judge.crop_box) > 0.6
+    padded = reflect_pad(astronaut_crop, PAD)
+    shifted = type(r)(r.left() + PAD, r.top() + PAD, r.right() + PAD, r.bottom() + PAD)
     own = np.asarray(dlib_judge.recognizer.compute_face_descriptor(
-        astronaut_canvas, dlib_judge.shape_predictor(astronaut_canvas, r)))
-    ours = dlib_judge.embed(astronaut_canvas[None]).vectors[0]
+        padded, dlib_judge.shape_predictor(padded, shifted)))
+    ours = dlib_judge.embed(astronaut_crop[None]).vectors[0]
     assert np.linalg.norm(own - ours) < 0.1
 
 
 @needs_dlib
-def test_dlib_misplaced_face_is_a_failure_to_enrol(dlib_judge, astronaut_canvas):
-    shifted = np.roll(astronaut_canvas, 60, axis=1)
-    out = dlib_judge.embed(np.stack([astronaut_canvas, shifted]))
+def test_dlib_misplaced_face_is_a_failure_to_enrol(dlib_judge, astronaut_crop):
+    shifted = np.roll(astronaut_crop, 30, axis=1)
+    out = dlib_judge.embed(np.stack([astronaut_crop, shifted]))
     assert out.ok.tolist() == [True, False]
     assert not out.vectors[1].any()
 
 
 @needs_dlib
-def test_detectability_uses_hog(dlib_judge, astronaut_canvas):
-    gray = np.full_like(astronaut_canvas, 128)
-    assert dlib_judge.hog_detects(np.stack([astronaut_canvas, gray])).tolist() == [True, False]
+def test_detectability_uses_hog(dlib_judge, astronaut_crop):
+    gray = np.full_like(astronaut_crop, 128)
+    assert dlib_judge.hog_detects(np.stack([astronaut_crop, gray])).tolist() == [True, False]
 
 
-def test_facenet_judge_geometry_and_missing_weights(tmp_path, astronaut_canvas):
+def test_facenet_judge_geometry_and_missing_weights(tmp_path, astronaut_crop):
     from meer.evaluation.judge_facenet import FacenetJudge
 
     with pytest.raises(MeerError, match="weights not found"):
@@ -96,16 +105,17 @@ def test_facenet_judge_geometry_and_missing_weights(tmp_path, astronaut_canvas):
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, stride=4), torch.nn.AdaptiveAvgPool2d(4),
                                torch.nn.Flatten(), torch.nn.Linear(128, 512))
     judge = FacenetJudge(model=tiny)
-    crops = judge.crops(astronaut_canvas[None])
-    assert crops.shape == (1, 3, 160, 160)
-    assert -1.0 <= crops.min() and crops.max() <= 1.0  # (x - 127.5) / 128
-    out = judge.embed(np.stack([astronaut_canvas, astronaut_canvas]))
+    x = judge.inputs(astronaut_crop[None])
+    assert x.shape == (1, 3, 160, 160)
+    assert -1.0 <= x.min() and x.max() <= 1.0  # (x - 127.5) / 128
+    out = judge.embed(np.stack([astronaut_crop, astronaut_crop]))
     assert out.vectors.shape == (2, 512) and out.ok.all()
     np.testing.assert_allclose(out.vectors[0], out.vectors[1], atol=1e-5)
 
 
 class FakeMeer(torch.nn.Module):
-    """Stands in for MEER: ``embed`` = mean colour per quadrant; ``restore`` paints the lower half."""
+    """Stands in for MEER: ``embed`` = mean colour per quadrant; the forward pass paints its region mid-grey, the
+    region being the given mask or, blind, its own "prediction" (the rows below 70)."""
 
     def __init__(self):
         super().__init__()
@@ -116,58 +126,64 @@ class FakeMeer(torch.nn.Module):
         q = torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1)
         return torch.nn.functional.normalize(q, dim=1)
 
-    def restore(self, x):
-        self.seen.append(x.detach().clone())
-        out = x.clone()
-        out[:, :, 70:, :] = 0.5
-        occ = torch.zeros_like(x[:, :1])
-        occ[:, :, 70:] = 1
-        return out, occ
+    def forward(self, x, mask=None):
+        self.seen.append((x.detach().clone(), None if mask is None else mask.clone()))
+        if mask is None:
+            mask = torch.zeros_like(x[:, :1])
+            mask[:, :, 70:] = 1
+        restored = torch.where(mask > 0, torch.full_like(x, 0.5), x)
+        return SimpleNamespace(restored=restored, composite_mask=mask)
 
 
-def test_meer_judge_feeds_arcface_crops_in_unit_range(astronaut_canvas):
+def test_meer_judge_reads_the_crops_exactly_as_given(astronaut_crop):
     model = FakeMeer()
     judge = MeerJudge(model, cache_key="fake")
-    out = judge.embed(np.stack([astronaut_canvas] * 3))
+    out = judge.embed(np.stack([astronaut_crop] * 3))
     x = model.seen[0]
     assert x.shape == (3, 3, 112, 112) and 0 <= x.min() and x.max() <= 1
-    expected = torch.from_numpy(arcface_crops(astronaut_canvas[None])).permute(0, 3, 1, 2).float() / 255
-    torch.testing.assert_close(x[:1], expected)
+    expected = torch.from_numpy(astronaut_crop[None]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(x[:1], expected, rtol=0, atol=0)  # no resampling: the crop's own pixels
     assert out.vectors.shape == (3, 12) and out.ok.all()
 
 
-def test_meer_restorer_only_touches_what_meer_changed(astronaut_canvas):
-    canv = np.stack([astronaut_canvas] * 2)
-    out = MeerRestorer(FakeMeer(), cache_key="fake").restore(canv, np.zeros(canv.shape[:3], bool))
-    changed = (out != canv).any(axis=-1)
-    # crop rows 70..111 map to canvas rows 28 + 1.5 * 70 = 133 .. 196 (a pixel of dilation either way)
-    rows = np.nonzero(changed[0].any(axis=1))[0]
-    assert rows.min() >= 131 and rows.max() <= 196
-    cols = np.nonzero(changed[0].any(axis=0))[0]
-    assert cols.min() >= 28 and cols.max() < 196
-    assert np.abs(out[0][140:190, 40:180].astype(int) - 128).max() <= 1
+def test_meer_restoration_reports_its_composite_region_and_keeps_the_rest(astronaut_crop):
+    crops = np.stack([astronaut_crop, astronaut_crop[:, ::-1].copy()])
+    model = FakeMeer()
+    blind = MeerRestoration(model)
+    assert blind.name == "meer" and blind.given == NOTHING and not blind.oracle
+    out = blind.restore(crops)
+    assert model.seen[-1][1] is None  # blind: the model gets no mask
+    changed = (out.crops != crops).any(axis=-1)
+    assert out.regions[:, 70:].all() and not out.regions[:, :70].any()  # the model's own region
+    assert not changed[~out.regions].any()  # bit-identical outside it
+    assert changed[out.regions].mean() > 0.9 and (out.crops[out.regions] == 128).all()
+    oracle = MeerRestoration(model, oracle=True)
+    assert oracle.name == "meer-oracle" and oracle.given == TRUTH and oracle.oracle
+    truth = np.zeros(crops.shape[:3], bool)
+    truth[:, 60:100, 20:90] = True
+    out = oracle.restore(crops, truth)
+    np.testing.assert_array_equal(model.seen[-1][1][:, 0].numpy() > 0, truth)  # the model's mask= argument
+    np.testing.assert_array_equal(out.regions, truth)
+    assert not ((out.crops != crops).any(axis=-1) & ~truth).any()
+    with pytest.raises(MeerError, match="given ground truth, got no mask"):
+        oracle.restore(crops)
+    with pytest.raises(MeerError, match="given nothing, got a mask"):
+        blind.restore(crops, truth)
 
 
-def test_telea_inpaints_only_the_grown_mask(astronaut_canvas):
-    mask = np.zeros((1, 224, 224), bool)
-    mask[0, 130:180, 60:160] = True
-    masked = astronaut_canvas.copy()
+def test_telea_inpaints_exactly_the_mask_it_is_given(astronaut_crop):
+    mask = np.zeros((1, 112, 112), bool)
+    mask[0, 70:95, 30:80] = True
+    masked = astronaut_crop.copy()
     masked[mask[0]] = (0, 255, 0)
-    out = TeleaRestorer(radius=5, dilate=3).restore(masked[None], mask)[0]
-    changed = (out != masked).any(axis=-1)
-    grown = np.zeros((224, 224), bool)
-    grown[127:183, 57:163] = True
-    assert changed[mask[0]].mean() > 0.99 and not changed[~grown].any()
-    # the green mask is gone: inpainted pixels look like the surrounding face
-    assert out[mask[0]][:, 1].mean() < 200
-
-
-def test_template_landmarks_are_used_for_aligned_crops():
-    from meer.evaluation.geometry import crop_matrix_to_canvas
-
-    m = crop_matrix_to_canvas(112)
-    placed = ARCFACE_112 @ m[:, :2].T + m[:, 2]
-    np.testing.assert_allclose(placed, CANVAS_TEMPLATE, atol=1e-4)
+    for method in (TeleaInpainting(), TeleaInpainting("telea-blind", given="meer")):
+        out = method.restore(masked[None], mask)
+        np.testing.assert_array_equal(out.regions, mask)  # the region it reports is the mask it was given
+        changed = (out.crops[0] != masked).any(axis=-1)
+        assert changed[mask[0]].mean() > 0.99 and not changed[~mask[0]].any()
+        assert out.crops[0][mask[0]][:, 1].mean() < 200  # the green mask is gone
+    assert TeleaInpainting().oracle and not TeleaInpainting("telea-blind", given="meer").oracle
+    assert TeleaInpainting("telea-blind", given="meer").mask_given == "region of meer"
 
 
 def test_judges_sharing_the_teachers_weights_are_marked_not_independent():

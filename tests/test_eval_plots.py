@@ -9,14 +9,15 @@ import pytest
 
 from meer.evaluation.harness import Components, EvalOptions
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.methods import NoRestore, RestorationMethod
+from meer.evaluation.keys import ScoreKey, ViewKey
+from meer.evaluation.methods import TRUTH, NoRestore, RestorationMethod, Restored
 from meer.evaluation.plots import (ScoredPair, face_tile, failure_gallery, headline_table, histogram_grid,
                                    load_scores, roc_grid, roc_panels, run_keeping_views, scored_pairs, worst_pairs)
 from meer.faces.template import ARCFACE_112
 from meer.utils.images import write_image
 
 SIZE = 96
-PROBE = (150, 112)  # a canvas pixel inside the fake mask
+PROBE = (90, 56)  # a crop pixel inside the fake mask
 
 
 def photo(ident: int, shot: int) -> np.ndarray:
@@ -30,11 +31,11 @@ def locator(images):
     return [(ARCFACE_112 * SIZE / 112.0).astype(np.float64) for _ in images]
 
 
-def masker(canvas, landmarks, seed):
+def masker(crop, landmarks, seed):
     """A flat grey block under the nose; its grey level depends on the seed."""
-    mask = np.zeros(canvas.shape[:2], bool)
-    mask[int(landmarks[2, 1]) + 4:186, 40:184] = True
-    out = canvas.copy()
+    mask = np.zeros(crop.shape[:2], bool)
+    mask[int(landmarks[2, 1]) + 4:106, 8:104] = True
+    out = crop.copy()
     out[mask] = 100 + seed % 50
     return out, mask
 
@@ -49,26 +50,27 @@ class Judge8(Judge):
     def __init__(self):
         self.calls = 0
 
-    def embed(self, canvases):
-        self.calls += len(canvases)
-        face = canvases[:, 28:196, 28:196].astype(np.float32)
-        v = face.reshape(len(face), 8, 21, 8, 21, 3).mean(axis=(2, 4)).reshape(len(face), -1)
-        px = canvases[:, PROBE[0], PROBE[1]].astype(int)
+    def embed(self, crops):
+        self.calls += len(crops)
+        face = crops.astype(np.float32)
+        v = face.reshape(len(face), 8, 14, 8, 14, 3).mean(axis=(2, 4)).reshape(len(face), -1)
+        px = crops[:, PROBE[0], PROBE[1]].astype(int)
         grey = (px[:, 0] == px[:, 1]) & (px[:, 1] == px[:, 2])
         ok = ~(grey & (px[:, 0] % 2 == 0))
         return JudgeOutput((v - v.mean(axis=1, keepdims=True)).astype(np.float32), ok)
 
 
 class Fill(RestorationMethod):
-    """Paints the mask with the mean colour of the rest of the face (a cheap stand-in for a restorer)."""
+    """Paints the ground-truth mask with the mean colour of the rest of the face (a cheap oracle method)."""
 
-    name = cache_key = "fill"
+    name = "fill"
+    given = TRUTH
 
-    def restore(self, canvases, masks):
-        out = canvases.copy()
+    def _restore(self, crops, masks):
+        out = crops.copy()
         for c, m in zip(out, masks):
             c[m] = c[~m].mean(axis=0).round().astype(np.uint8)
-        return out
+        return Restored(out, masks.copy())
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +86,7 @@ def run(tmp_path_factory):
         for k in range(3):
             write_image(root / "data" / f"id{i}" / f"id{i}_{k}.png", photo(i, k))
     judge = Judge8()
-    comp = Components(judges=[judge], restorers=[NoRestore(), Fill()], locator=locator, masker=masker)
+    comp = Components(judges=[judge], methods=[NoRestore(), Fill()], locator=locator, masker=masker)
     opts = EvalOptions(data=root / "data", out=root / "out", folds=2, per_fold=6, cache_dir=root / "cache",
                        grid=0, progress=False, bootstrap=50, plots=False)
     return run_keeping_views(opts, comp), judge, opts
@@ -110,10 +112,10 @@ def test_scored_pairs_are_the_pairs_behind_scores_npz(run):
     calls = judge.calls
     checked = 0
     for row in res["verification"]:
-        key = (row["source"], row["judge"], row["condition"], row["method"])
+        key = ScoreKey(row["source"], row["judge"], row["condition"], row["method"])
         if key not in npz:
             continue
-        pairs = scored_pairs(kept, judge, *key[:1], row["condition"], row["method"])
+        pairs = scored_pairs(kept, judge, key.source, key.condition, key.method)
         scores, genuine = npz[key]
         # same pairs in the same order, failures to enrol left out exactly as in the report
         np.testing.assert_allclose([p.score for p in pairs], scores, rtol=0, atol=1e-9)
@@ -144,12 +146,12 @@ def test_failure_gallery_rows_tiles_and_pixelation(run):
     assert first.get_title().startswith("probe (masked)") and "cos" in first.get_title()
     tile = np.asarray(first.images[0].get_array())
     assert len(np.unique(tile.reshape(-1, 3), axis=0)) <= 16  # 4 x 4 flat blocks
-    canvas = kept.views.masked["synthetic"][gen[0].probe]
-    np.testing.assert_array_equal(tile, face_tile(canvas, 4))
+    crop = kept.views.crops[ViewKey.masked("synthetic")][gen[0].probe]
+    np.testing.assert_array_equal(tile, face_tile(crop, 4))
     plain = failure_gallery(kept, judge, imp[:1], cells=None)
     tiles = [np.asarray(ax.images[0].get_array()) for ax in plain.axes if ax.images]
     assert len(tiles) == 3  # impostor: masked probe | probe unmasked | reference
-    np.testing.assert_array_equal(tiles[-1], face_tile(kept.views.faces[imp[0].reference].canvas, None))
+    np.testing.assert_array_equal(tiles[-1], face_tile(kept.views.faces[imp[0].reference].crop, None))
     assert len(np.unique(tiles[-1].reshape(-1, 3), axis=0)) > 16
 
 
@@ -157,8 +159,8 @@ def test_roc_panels_grid_histograms_and_table_from_a_report_folder(run):
     kept, _, opts = run
     npz = load_scores(opts.out)
     # an embedding method scored in the judge's own space joins the judge's panel
-    npz[("synthetic", "block (own space)", "restored-vs-clean", "emb")] = npz[("synthetic", "block", "clean-vs-clean",
-                                                                             "none")]
+    npz[ScoreKey("synthetic", "block (own space)", "restored-vs-clean", "emb")] = npz[
+        ScoreKey("synthetic", "block", "clean-vs-clean")]
     panels = roc_panels(npz)
     assert list(panels) == ["synthetic masks, judge block"]
     labels = list(panels["synthetic masks, judge block"])
@@ -181,5 +183,7 @@ def test_roc_panels_grid_histograms_and_table_from_a_report_folder(run):
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["data", "masks", "judge"]
     assert any("masked-vs-clean" in line for line in lines) and "[none]" not in table
+    fill = next(line for line in lines if "restored-vs-clean" in line and " fill " in line)
+    assert "ground truth (oracle)" in fill  # the table says which rows had the ground-truth mask
     # a handful of impostor pairs cannot resolve FAR 1e-2: marked
     assert "*" in table

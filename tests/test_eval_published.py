@@ -10,7 +10,7 @@ import pytest
 
 from meer.evaluation.harness import Components
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.methods import NoRestore, RestorationMethod, TeleaRestorer
+from meer.evaluation.methods import NOTHING, NoRestore, RestorationMethod, Restored, TeleaInpainting
 from meer.evaluation.published import (PublishedOptions, contiguous_folds, read_verification_bin,
                                        render_published, run_published)
 from meer.faces.template import ARCFACE_112
@@ -36,7 +36,7 @@ def encoded(img: np.ndarray, ext: str = ".png") -> bytes:
 
 
 class BlockJudge(Judge):
-    """Mean colours of an 8x8 grid over the face region; remembers every canvas it saw."""
+    """Mean colours of an 8x8 grid over the 112 crop; remembers every crop it saw."""
 
     name = "block"
     cache_key = "block-published-v1"
@@ -44,21 +44,27 @@ class BlockJudge(Judge):
     def __init__(self):
         self.seen = []
 
-    def embed(self, canvases):
-        self.seen += list(canvases)
-        f = canvases[:, 28:196, 28:196].astype(np.float32)
-        v = f.reshape(len(f), 8, 21, 8, 21, 3).mean(axis=(2, 4)).reshape(len(f), -1)
+    def embed(self, crops):
+        self.seen += list(crops)
+        f = crops.astype(np.float32)
+        v = f.reshape(len(f), 8, 14, 8, 14, 3).mean(axis=(2, 4)).reshape(len(f), -1)
         v -= v.mean(axis=1, keepdims=True)
         return JudgeOutput(v.astype(np.float32), np.ones(len(f), bool))
 
 
 class Brighten(RestorationMethod):
-    name = "brighten"
-    cache_key = "brighten"
+    """Blind: brightens the lower half, the region it reports."""
 
-    def restore(self, canvases, masks):
-        assert not masks.any()  # images as given come without a mask
-        return np.clip(canvases.astype(np.int16) + 10, 0, 255).astype(np.uint8)
+    name = "brighten"
+    given = NOTHING
+
+    def _restore(self, crops, mask):
+        assert mask is None  # images as given come without a mask
+        out = crops.copy()
+        out[:, 56:] = np.clip(crops[:, 56:].astype(np.int16) + 10, 0, 255).astype(np.uint8)
+        region = np.zeros(crops.shape[:3], bool)
+        region[:, 56:] = True
+        return Restored(out, region)
 
 
 def bin_file(path, n_ids=6, per_id=4, protocol=2, corrupt=(), n_pairs=40):
@@ -81,8 +87,8 @@ def bin_file(path, n_ids=6, per_id=4, protocol=2, corrupt=(), n_pairs=40):
     return path
 
 
-def comp(restorers=None, judge=None):
-    return Components(judges=[judge or BlockJudge()], restorers=restorers or [NoRestore()])
+def comp(methods=None, judge=None):
+    return Components(judges=[judge or BlockJudge()], methods=methods or [NoRestore()])
 
 
 def opts(data, out, **kw):
@@ -114,25 +120,28 @@ def test_contiguous_folds_match_sklearn_kfold():
 def test_bin_evaluation_with_flip_ten_folds_and_a_restorer(tmp_path, capsys):
     judge = BlockJudge()
     r = run_published(opts(bin_file(tmp_path / "lfw.bin"), tmp_path / "rep"),
-                      comp([NoRestore(), TeleaRestorer(), Brighten()], judge))
+                      comp([NoRestore(), TeleaInpainting(), TeleaInpainting("telea-blind", given="brighten"),
+                            Brighten()], judge))
     rows = {(v["condition"], v["method"]): v for v in r["verification"]}
-    assert set(rows) == {("as-given", "none"), ("restored", "brighten")}
+    assert set(rows) == {("as-given", "none"), ("restored", "brighten"), ("restored", "telea-blind")}
+    assert rows[("restored", "telea-blind")]["mask_given"] == "region of brighten"
+    assert not any(v["oracle"] for v in rows.values())
     v = rows[("as-given", "none")]
     assert v["pairs_scored"] == 40 and v["genuine"] == 20 and v["impostor"] == 20 and v["fte_rate"] == 0
     assert v["accuracy"] > 0.9 and v["auc"] > 0.95
     for k in ("eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "fmr100", "fmr1000"):
         assert k in v
     assert r["flip"] is True and "10 contiguous folds" in r["pairs"]["folds"]
-    assert any("telea skipped" in n for n in r["notes"])  # it needs a mask: said, not silently dropped
+    assert any("telea skipped" in n and "ground-truth" in n for n in r["notes"])  # an oracle: said, not dropped
     # every image was embedded as given and flipped (80 images x 2 per view; repeated images come from the cache)
     err = capsys.readouterr().err
-    for view in ("as-given [none]", "restored [brighten]"):
+    for view in ("as-given [none]", "restored [brighten]", "restored [telea-blind]"):
         hits, misses = map(int, re.search(view.replace("[", r"\[").replace("]", r"\]") + r": (\d+) cached, (\d+)",
                                           err).groups())
         assert hits + misses == 160
-    first = cv2.warpAffine(face(*_first_pair_ids()[0]), np.float64([[1.5, 0, 28], [0, 1.5, 28]]), (224, 224),
-                           flags=cv2.INTER_CUBIC)
-    assert any(np.abs(c.astype(int) - first[:, ::-1]).max() <= 1 for c in judge.seen)  # its mirror image was embedded
+    first = face(*_first_pair_ids()[0])
+    assert any(np.array_equal(c, first) for c in judge.seen)  # the 112 crop exactly as stored
+    assert any(np.array_equal(c, first[:, ::-1]) for c in judge.seen)  # and its mirror image
     rep = (tmp_path / "rep" / "report.md").read_text()
     assert "FNMR@FMR100" in rep and "as-given" in rep
     assert json.loads((tmp_path / "rep" / "results.json").read_text())["protocol"].startswith("insightface")
@@ -198,8 +207,8 @@ def test_as_is_pairs_with_problems_on_mfr2_layout(tmp_path, capsys):
     v = r["verification"][0]
     assert r["pairs"]["total"] == 16 and r["pairs"]["resolved"] == 12 and v["pairs_scored"] == 12
     assert r["flip"] is False and len(r["problems"]) == 4  # also line 17: Person3 4 Person5 3
-    # the masked photos were scored as given: their painted mask is on the canvas the judge saw
-    assert any((c[150:190, 60:160] == (40, 90, 200)).all(axis=-1).mean() > 0.9 for c in judge.seen)
+    # the masked photos were scored as given: their painted mask is on the crop the judge saw
+    assert any((c[75:110, 20:95] == (40, 90, 200)).all(axis=-1).mean() > 0.9 for c in judge.seen)
     assert "4 problem(s) in the input" in (tmp_path / "rep" / "report.md").read_text()
 
 

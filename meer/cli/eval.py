@@ -1,7 +1,8 @@
 """`meer-eval`: standard verification protocols for masked faces, judged by recognizers nobody here trained.
 
     meer-eval DATA --out REPORT_DIR [--pairs FILE] [--identities FILE] [--aligned]
-              [--methods none telea meer meer-embed eum] [--judges dlib dlib-torch meer facenet] [--checkpoint PATH]
+              [--methods none meer telea-blind meer-oracle telea meer-embed eum]
+              [--judges dlib dlib-torch meer facenet] [--checkpoint PATH]
     meer-eval make-pairs DATA --out pairs.txt [--identities FILE] [--folds 10] [--per-fold 300] [--seed 0]
     meer-eval DATA --pairs pairs.txt --as-is --out REPORT_DIR   (published protocol, images as given: MFR2, LFW)
     meer-eval lfw.bin --out REPORT_DIR                          (insightface verification .bin, image + flip)
@@ -38,8 +39,11 @@ def eval_parser() -> argparse.ArgumentParser:
                    "(no synthetic masks; e.g. MFR2 or LFW with their own pairs.txt)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                    help="embed each image with its horizontal flip (default: on for .bin, off for --as-is)")
-    p.add_argument("--methods", nargs="+", default=["none", "telea", "meer", "meer-embed", "eum"],
-                   help="none telea meer meer-embed eum (unavailable ones are skipped with a note)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="blind (no ground-truth mask): none, meer (its own predicted region), telea-blind (Telea "
+                   "inpainting of the region meer replaced); oracle (the ground-truth mask, synthetic masks only): "
+                   "meer-oracle, telea; embeddings: meer-embed, eum (default: all; unavailable ones are skipped "
+                   "with a note)")
     p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"],
                    help="dlib meer facenet (default), dlib-torch (dlib's network in PyTorch, batched)")
     p.add_argument("--checkpoint", type=Path, help="MEER checkpoint (default: $MEER_CHECKPOINT, shipped, cache)")
@@ -87,7 +91,7 @@ def make_pairs_main(argv: list[str]) -> int:
 
 def load_model(args) -> tuple[object, str, str | None]:
     """(model or None, cache key, why not)."""
-    wants = {"meer", "meer-embed"} & set(args.methods) or "meer" in args.judges
+    wants = {"meer", "meer-oracle", "telea-blind", "meer-embed"} & set(args.methods) or "meer" in args.judges
     if not wants:
         return None, "", "not requested"
     from meer.inference.weights import find_checkpoint
@@ -112,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "make-pairs":
         return make_pairs_main(argv[1:])
     args = eval_parser().parse_args(argv)
-    from meer.evaluation.components import build_components, mark_teacher_judges
+    from meer.evaluation.components import METHODS, build_components, mark_teacher_judges
+
+    args.methods = list(METHODS) if args.methods is None else args.methods
     from meer.evaluation.harness import EvalOptions, run_evaluation
     from meer.utils.files import check_output_dir
 
@@ -142,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                        progress=not args.quiet)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    results = run_evaluation(opts, comp)
+    results = run_evaluation(opts, comp).results
     for n in results["notes"]:
         print(f"{PROG}: note: {n}", file=sys.stderr)
     print(f"{PROG}: report written to {out / 'report.md'} ({results['seconds']} s)")

@@ -1,6 +1,6 @@
-"""Embedding cache: a judge's embedding of a canvas is keyed by the canvas's pixels.
+"""Embedding cache: a judge's embedding of a crop is keyed by the crop's pixels.
 
-Keys are SHA-1 digests of the canvas bytes, so any change upstream (detection, mask, restoration)
+Keys are SHA-1 digests of the crop's bytes (and shape), so any change upstream (detection, mask, restoration)
 gives new keys and stale entries are never reused; each judge (``Judge.cache_key``) has its own file.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from meer.evaluation.judge import Judge, JudgeOutput
 from meer.utils.files import atomic_write_bytes
 
 
-def canvas_digest(canvas: np.ndarray) -> str:
-    c = np.ascontiguousarray(canvas)
+def pixel_digest(image: np.ndarray) -> str:
+    c = np.ascontiguousarray(image)
     return hashlib.sha1(f"{c.shape}{c.dtype}".encode() + c.tobytes()).hexdigest()
 
 
@@ -36,14 +36,19 @@ class EmbeddingCache:
                 self.entries = {}  # damaged: recompute
         self.dirty = False
 
-    def embed(self, canvases: np.ndarray) -> JudgeOutput:
-        """Embeddings of ``canvases``, computing only the ones not cached."""
-        digests = [canvas_digest(c) for c in canvases]
-        todo = [i for i, d in enumerate(digests) if d not in self.entries]
+    def embed(self, crops: np.ndarray) -> JudgeOutput:
+        """Embeddings of ``crops``, computing only the ones not cached (each distinct crop reaches the judge once,
+        exactly as given)."""
+        digests = [pixel_digest(c) for c in crops]
+        first = {}
+        for i, d in enumerate(digests):
+            if d not in self.entries:
+                first.setdefault(d, i)
+        todo = list(first.values())
         self.hits += len(digests) - len(todo)
         self.misses += len(todo)
         if todo:
-            new = self.judge.embed(np.stack([canvases[i] for i in todo]))
+            new = self.judge.embed(np.stack([crops[i] for i in todo]))
             for j, i in enumerate(todo):
                 self.entries[digests[i]] = (new.vectors[j], bool(new.ok[j]))
             self.dirty = True

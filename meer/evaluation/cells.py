@@ -32,3 +32,16 @@ def tar_cell(v: dict, far: float) -> tuple[str, bool]:
     so no threshold resolves that FAR and the rate is measured at zero false accepts (marked ``*``)."""
     coarse = v["impostor"] * far < 1
     return pct(v[f"tar_at_far_{far:.0e}".replace("e-0", "e-")]) + ("*" if coarse else ""), coarse
+
+
+def mask_cell(v: dict) -> str:
+    """What mask information a row's method had: ``ground truth (oracle)``, ``none (blind)`` or ``<method>'s region
+    (blind)``; ``-`` where no method restored anything (unrestored conditions, method ``none``)."""
+    given = v.get("mask_given")
+    if given is None or v.get("method", "none") == "none" or not v.get("condition", "restored").startswith("restored"):
+        return "-"
+    if v.get("oracle"):
+        return f"{given} (oracle)"
+    if given == "nothing":
+        return "none (blind)"
+    return f"{given.removeprefix('region of ')}'s region (blind)"

@@ -7,11 +7,15 @@ from pathlib import Path
 import torch
 
 from meer.evaluation.harness import Components, EmbeddingMethod
-from meer.evaluation.methods import MeerRestorer, NoRestore, TeleaRestorer
+from meer.evaluation.methods import TRUTH, MeerRestoration, NoRestore, TeleaInpainting
 from meer.models.teacher import teacher_weights
 from meer.utils.errors import MeerError
 
-METHODS = ("none", "telea", "meer", "meer-embed", "eum")
+#: restoration methods (``meer.evaluation.methods``: blind = no ground truth, oracle = the ground-truth mask) and
+#: embedding methods (``meer-embed``, ``eum``)
+METHODS = ("none", "meer", "telea-blind", "meer-oracle", "telea", "meer-embed", "eum")
+#: the methods that need the MEER model
+NEEDS_MODEL = ("meer", "meer-oracle", "meer-embed")
 JUDGES = ("dlib", "dlib-torch", "meer", "facenet")
 
 
@@ -34,7 +38,7 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
     methods = check_names(methods, METHODS, "method")
     judges = check_names(judges, JUDGES, "judge")
     notes: list[str] = []
-    comp = Components(judges=[], restorers=[], notes=notes)
+    comp = Components(judges=[], methods=[], notes=notes)
     dlib_judge = None
     from meer.evaluation.judge_dlib import DlibJudge, dlib_available, missing_reason
 
@@ -73,24 +77,26 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
     if "none" not in methods:
         methods = ["none"] + methods  # the masked baseline every gap is measured from
     for m in methods:
-        if m == "none":
-            comp.restorers.append(NoRestore())
+        if m in NEEDS_MODEL and model is None:
+            notes.append(f"method {m} skipped: {model_note or 'no MEER model'}")
+        elif m == "none":
+            comp.methods.append(NoRestore())
         elif m == "telea":
-            comp.restorers.append(TeleaRestorer())
-        elif m == "meer":
-            if model is None:
-                notes.append(f"method meer skipped: {model_note or 'no MEER model'}")
+            comp.methods.append(TeleaInpainting("telea", given=TRUTH))
+        elif m == "telea-blind":
+            if "meer" not in methods or model is None:
+                why = (model_note or "no MEER model") if model is None else "method meer is not in this run"
+                notes.append(f"method telea-blind skipped: it inpaints the region method meer replaced ({why})")
             else:
-                comp.restorers.append(MeerRestorer(model, f"meer-{model_key}", device=device))
+                comp.methods.append(TeleaInpainting("telea-blind", given="meer"))
+        elif m in ("meer", "meer-oracle"):
+            comp.methods.append(MeerRestoration(model, device=device, oracle=m == "meer-oracle"))
         elif m == "meer-embed":
-            if model is None:
-                notes.append(f"method meer-embed skipped: {model_note or 'no MEER model'}")
-            else:
-                from meer.evaluation.judge_meer import MeerJudge
+            from meer.evaluation.judge_meer import MeerJudge
 
-                own = next((j for j in comp.judges if j.name == "meer"), None)
-                comp.embedding_methods.append(
-                    EmbeddingMethod("meer-embed", own or MeerJudge(model, f"meer-{model_key}", device=device)))
+            own = next((j for j in comp.judges if j.name == "meer"), None)
+            comp.embedding_methods.append(
+                EmbeddingMethod("meer-embed", own or MeerJudge(model, f"meer-{model_key}", device=device)))
         elif m == "eum":
             method, why = eum_method(eum_path, comp.judges, device)
             if method is None:

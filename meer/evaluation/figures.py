@@ -1,7 +1,9 @@
-"""The report's figures from arrays (matplotlib): ROC curves and genuine / impostor score histograms.
+"""The report's figures from arrays: ROC curves and genuine / impostor score histograms (matplotlib), and the
+restoration grids (plain pixels).
 
-They take ``{label: (scores, genuine)}`` arrays and a path, and import nothing of the harness; the report writer
-(``meer.evaluation.report``) and the notebook helpers (``meer.evaluation.plots``) both draw with them.
+They take ``{label: (scores, genuine)}`` arrays or rows of uint8 images and a path, and import nothing of the
+harness; the report writer (``meer.evaluation.report``) and the notebook helpers (``meer.evaluation.plots``) both
+draw with them.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves;
 import numpy as np
 
 from meer.evaluation.metrics import roc_auc, roc_curve
+from meer.utils.images import write_image
 
 
 def draw_roc(ax, curves: dict[str, tuple[np.ndarray, np.ndarray]], min_far: float = 1e-3, auc: bool = False,
@@ -74,3 +77,27 @@ def histogram_figure(panels: dict[str, tuple[np.ndarray, np.ndarray]], title: st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def region_tile(crop: np.ndarray, region: np.ndarray, color: tuple[int, int, int] = (255, 0, 64),
+                alpha: float = 0.45) -> np.ndarray:
+    """``crop`` (H x W x 3 uint8) with ``region`` (H x W bool) tinted: where a method says it replaced pixels."""
+    out = crop.astype(np.float32)
+    out[region] = (1 - alpha) * out[region] + alpha * np.asarray(color, np.float32)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def restoration_grid(rows: list[tuple[np.ndarray, ...]], path: Path, gap: int = 4, zoom: int = 2) -> Path:
+    """Tile ``rows`` of equally sized uint8 images (e.g. masked | replaced region | restored | reference) into one
+    PNG, each pixel shown as a ``zoom`` x ``zoom`` block (display only: nothing is interpolated)."""
+    if not rows:
+        raise ValueError("no rows to draw")
+    h, w = rows[0][0].shape[:2]
+    h, w = h * zoom, w * zoom
+    ncol = max(len(r) for r in rows)
+    grid = np.full((len(rows) * (h + gap) + gap, ncol * (w + gap) + gap, 3), 255, np.uint8)
+    for i, r in enumerate(rows):
+        for j, im in enumerate(r):
+            y, x = gap + i * (h + gap), gap + j * (w + gap)
+            grid[y:y + h, x:x + w] = np.repeat(np.repeat(im, zoom, axis=0), zoom, axis=1)
+    return write_image(path, grid, overwrite=True)

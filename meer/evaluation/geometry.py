@@ -1,60 +1,50 @@
-"""The evaluation canvas: every face the harness scores is first warped into one fixed frame.
+"""Crop space: every face the evaluation scores is an ArcFace-aligned ``CROP_SIZE`` x ``CROP_SIZE`` crop.
 
-The canvas is a ``CANVAS_SIZE`` square in which the ArcFace 5-point template sits scaled by
-``CANVAS_SCALE`` and centred (``CANVAS_TEMPLATE``), leaving context around the face that the
-ArcFace 112 crop cuts off (dlib's face chip and facenet's margin crop need it). Because the face
-position in the canvas is known, judges never have to find the face again: they take the box and
-crops from this geometry. Masks, restorations and quality metrics all live in canvas pixels.
+A photo is warped once into the crop with meer's own alignment (``meer.faces.align.align_face``, what
+``meer-restore`` does); aligned input is used as it is (resized once when it is not 112 px). Synthetic masks are
+drawn on the crop, methods restore the crop, quality metrics compare crops, and judges read the crops exactly as
+the methods returned them. Judges whose input reaches a little past the crop (dlib's chip and facenet's box go a
+few pixels below the chin) see the crop extended by reflection (:func:`reflect_pad`), the same fill as the
+``reflection`` padding of ``meer.faces.dlib_chip.crops112_to_dlib_chips``.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from meer.faces.template import ARCFACE_112
+from meer.utils.errors import MeerError
 
-CANVAS_SIZE = 224
-CANVAS_SCALE = 1.5
-CANVAS_OFFSET = (CANVAS_SIZE - 112 * CANVAS_SCALE) / 2.0  # 28 px on every side of the scaled 112 crop
-CANVAS_TEMPLATE = (ARCFACE_112 * CANVAS_SCALE + CANVAS_OFFSET).astype(np.float32)
-#: where the ArcFace 112 x 112 crop lies in the canvas: x1, y1, x2, y2
-ARCFACE_REGION = (CANVAS_OFFSET, CANVAS_OFFSET, CANVAS_SIZE - CANVAS_OFFSET, CANVAS_SIZE - CANVAS_OFFSET)
+CROP_SIZE = 112
 
 
-def canvas_matrix(landmarks: np.ndarray) -> np.ndarray:
-    """``(2, 3)`` similarity transform taking an image's 5 landmarks onto ``CANVAS_TEMPLATE``."""
-    from meer.faces.align import similarity_matrix
+def crop_from_photo(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(crop, landmarks in crop pixels)`` of a photo's face given its 5 landmarks."""
+    from meer.faces.align import align_face
 
-    return np.asarray(similarity_matrix(np.asarray(landmarks, dtype=np.float32), CANVAS_TEMPLATE), dtype=np.float64)
-
-
-def warp_to_canvas(image: np.ndarray, matrix: np.ndarray, interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
-    """Warp an ``H x W (x C)`` image with ``matrix`` into the canvas (zero border)."""
-    return cv2.warpAffine(np.ascontiguousarray(image), np.asarray(matrix, dtype=np.float64), (CANVAS_SIZE, CANVAS_SIZE),
-                          flags=interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    a = align_face(rgb if rgb.flags.writeable else rgb.copy(), landmarks, size=CROP_SIZE)
+    return a.crop, a.landmarks.astype(np.float64)
 
 
-def crop_matrix_to_canvas(crop_size: int) -> np.ndarray:
-    """Matrix placing an already aligned ``crop_size`` ArcFace crop into the canvas."""
-    s = CANVAS_SCALE * 112.0 / crop_size
-    return np.array([[s, 0.0, CANVAS_OFFSET], [0.0, s, CANVAS_OFFSET]])
+def crop_from_aligned(rgb: np.ndarray) -> np.ndarray:
+    """An already aligned square crop at ``CROP_SIZE`` (unchanged when it has that size; otherwise one resize:
+    area averaging when shrinking, bicubic when enlarging)."""
+    h, w = rgb.shape[:2]
+    if h != w:
+        raise MeerError(f"aligned crops must be square, got {w}x{h}")
+    if w == CROP_SIZE:
+        return np.ascontiguousarray(rgb)
+    return cv2.resize(rgb, (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA if w > CROP_SIZE else cv2.INTER_CUBIC)
 
 
-def arcface_crops(canvases: np.ndarray, size: int = 112) -> np.ndarray:
-    """``N x size x size x 3`` ArcFace-aligned crops cut from ``N x 224 x 224 x 3`` canvases (area resampling)."""
-    a = int(round(CANVAS_OFFSET))
-    b = CANVAS_SIZE - a
-    return np.stack([cv2.resize(c[a:b, a:b], (size, size), interpolation=cv2.INTER_AREA) for c in canvases])
+def check_crops(crops: np.ndarray, what: str = "judge") -> np.ndarray:
+    """``crops`` as ``N x 112 x 112 x 3`` uint8, or a one-line :class:`MeerError` saying what came instead."""
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[1:] != (CROP_SIZE, CROP_SIZE, 3) or crops.dtype != np.uint8:
+        raise MeerError(f"{what} takes N x {CROP_SIZE} x {CROP_SIZE} x 3 uint8 ArcFace crops, got "
+                        f"{crops.dtype} {tuple(crops.shape)}")
+    return crops
 
 
-def box_from_template(box_112: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """A box given in ArcFace 112-crop pixels, expressed in canvas pixels."""
-    return tuple(float(v) * CANVAS_SCALE + CANVAS_OFFSET for v in box_112)  # type: ignore[return-value]
-
-
-def face_region_mask() -> np.ndarray:
-    """``224 x 224`` bool: the ArcFace crop region, where whole-face quality metrics are computed."""
-    m = np.zeros((CANVAS_SIZE, CANVAS_SIZE), dtype=bool)
-    a = int(round(CANVAS_OFFSET))
-    m[a:CANVAS_SIZE - a, a:CANVAS_SIZE - a] = True
-    return m
+def reflect_pad(crop: np.ndarray, pad: int) -> np.ndarray:
+    """A crop extended by ``pad`` pixels on every side by mirroring it about its border (``fedcba|abcdef``)."""
+    return cv2.copyMakeBorder(np.ascontiguousarray(crop), pad, pad, pad, pad, cv2.BORDER_REFLECT)

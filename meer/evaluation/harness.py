@@ -1,49 +1,48 @@
-"""The evaluation run: data -> canvases -> masked / restored views -> judges -> metrics -> report.
+"""The evaluation run: data -> 112 crops -> masked / restored views -> judges -> metrics -> report.
+
+Everything happens in crop space (``meer.evaluation.geometry``): each photo is aligned once into its 112 ArcFace
+crop, synthetic masks are drawn on the crop, every method restores the crop and reports the region it replaced
+(``meer.evaluation.methods``), quality metrics compare crops with the clean crop, and each judge reads each crop
+once, exactly as the method returned it (no resampling between a method and a judge).
 
 Mask sources (each scored separately):
 
 * ``synthetic``: every unmasked photo gets one fixed-seed synthetic mask (pixel ground truth);
   pairs are the pairs whose two photos are both unmasked;
 * ``real``: real masked photos (``<id>/masked/``), probe side of pairs that join a masked and an
-  unmasked photo; no pixel ground truth (inpainting uses the typical mask region).
+  unmasked photo; no pixel ground truth, so the oracle methods (given the ground-truth mask) are skipped there.
 
-Conditions (``CONDITIONS``): clean-vs-clean (upper bound), masked-vs-clean (masked probe,
-unmasked reference), masked-vs-masked, restored-vs-clean and restored-vs-restored, per method.
-Every condition is scored by every judge; images a judge cannot enrol are failures-to-enrol:
-pairs touching them are excluded from the scores and counted (FTE rate per condition).
+Conditions (``meer.evaluation.keys.CONDITIONS``): clean-vs-clean (upper bound), masked-vs-clean (masked probe,
+unmasked reference), masked-vs-masked, restored-vs-clean and restored-vs-restored, per method. Every condition is
+scored by every judge with the one pair scorer (``meer.evaluation.scoring.score_pairs``); images a judge cannot
+enrol are failures-to-enrol: pairs touching them are excluded from the scores and counted (FTE rate per condition).
+Every row says what mask information its method had (``oracle``, ``mask_given``).
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from meer.utils.folder_report import FolderReport
 from meer.data.pairs import Pair, make_pairs, read_pairs, write_pairs
 from meer.evaluation.cache import EmbeddingCache
 from meer.evaluation.dataset import EvalData, scan_eval_data
 from meer.evaluation.judge import Judge, cosine
-from meer.evaluation.methods import NoRestore, RestorationMethod
-from meer.evaluation.metrics import MetricError, bootstrap_ci, rank1, verification_summary
-from meer.evaluation.prepare import Face, Locator, Masker, prepare_faces, synthetic_masks, typical_mask_region
-from meer.evaluation.quality import region_scores
+from meer.evaluation.keys import CONDITIONS, NO_METHOD, OWN_SPACE, ScoreKey, ViewKey, own_space
+from meer.evaluation.methods import NOTHING, TRUTH, NoRestore, RestorationMethod, Restored, given_label
+from meer.evaluation.metrics import bootstrap_ci, rank1
+from meer.evaluation.prepare import Locator, Masker, prepare_faces, synthetic_masks
+from meer.evaluation.quality import region_agreement, region_scores
+from meer.evaluation.scoring import PairScores, score_pairs
+from meer.evaluation.views import Embeddings, EvalResult, Views
 from meer.utils.errors import MeerError
+from meer.utils.folder_report import FolderReport
 
-CONDITIONS = ("clean-vs-clean", "masked-vs-clean", "masked-vs-masked", "restored-vs-clean", "restored-vs-restored")
-#: which view each side of a pair shows, per condition
-SIDES = {
-    "clean-vs-clean": ("clean", "clean"),
-    "masked-vs-clean": ("masked", "clean"),
-    "masked-vs-masked": ("masked", "masked"),
-    "restored-vs-clean": ("restored", "clean"),
-    "restored-vs-restored": ("restored", "restored"),
-}
+BATCH = 64
 
 
 @dataclass
@@ -78,7 +77,7 @@ class Components:
     """What the run uses; built by the CLI from its options (tests pass small fakes)."""
 
     judges: list[Judge]
-    restorers: list[RestorationMethod]
+    methods: list[RestorationMethod]
     embedding_methods: list[EmbeddingMethod] = field(default_factory=list)
     locator: Locator | None = None
     masker: Masker | None = None
@@ -110,28 +109,6 @@ def resolve_pairs(opts: EvalOptions, data: EvalData, notes: list[str]) -> tuple[
                    "saved": str(path), "total": len(pairs), "dropped": 0}
 
 
-class Views:
-    """Canvas of each (source, role, method) view of an image; ``None`` = no face (FTE)."""
-
-    def __init__(self, faces: dict[Path, Face], data: EvalData):
-        self.faces = faces
-        self.data = data
-        self.masked: dict[str, dict[Path, np.ndarray]] = {}
-        self.masks: dict[str, dict[Path, np.ndarray]] = {}
-        self.restored: dict[tuple[str, str], dict[Path, np.ndarray]] = {}
-
-    def get(self, source: str, role: str, method: str, path: Path) -> np.ndarray | None:
-        if role == "clean":
-            f = self.faces.get(path)
-            return None if f is None else f.canvas
-        if role == "masked":
-            return self.masked[source].get(path)
-        return self.restored[(source, method)].get(path)
-
-    def view_name(self, source: str, role: str, method: str) -> str:
-        return "clean" if role == "clean" else f"{role}:{source}" + (f":{method}" if role == "restored" else "")
-
-
 def source_pairs(pairs: list[Pair], data: EvalData, source: str) -> dict[str, list[tuple[Path, Path, bool, int]]]:
     """Per condition, the ``(probe, reference, same, fold)`` tuples of a mask source."""
     real = {p: im.real_masked for p, im in data.images.items()}
@@ -158,53 +135,24 @@ def source_pairs(pairs: list[Pair], data: EvalData, source: str) -> dict[str, li
     return out
 
 
-def score_condition(emb: dict, judge: Judge, views: Views, source: str, condition: str, method: str,
-                    pairs: list[tuple[Path, Path, bool, int]], opts: EvalOptions) -> dict:
-    """Verification numbers of one (source, condition, method, judge), with FTE accounting."""
-    role_a, role_b = SIDES[condition]
-    va = views.view_name(source, role_a, method)
-    vb = views.view_name(source, role_b, method)
-    scores, labels, folds = [], [], []
-    images, failed = set(), set()
-    for a, b, same, fold in pairs:
-        ea, eb = emb.get((va, a)), emb.get((vb, b))
-        images.update([(va, a), (vb, b)])
-        if ea is None:
-            failed.add((va, a))
-        if eb is None:
-            failed.add((vb, b))
-        if ea is None or eb is None:
-            continue
-        scores.append(judge.pair_scores(ea[None], eb[None])[0])
-        labels.append(same)
-        folds.append(fold)
-    res = {"pairs_total": len(pairs), "pairs_scored": len(scores), "pairs_excluded_fte": len(pairs) - len(scores),
-           "images": len(images), "fte_images": len(failed),
-           "fte_rate": len(failed) / len(images) if images else 0.0}
-    if not pairs:
-        res["error"] = "no pairs of this kind"
-        return res
-    s, y, f = np.asarray(scores), np.asarray(labels, bool), np.asarray(folds)
-    if y.any() and not y.all():
-        res["_scores"] = (s, y)
-    try:
-        if np.unique(f).size < 2:
-            raise MetricError("fewer than 2 folds have scored pairs")
-        res.update(verification_summary(s, y, f, seed=opts.seed, bootstrap=opts.bootstrap))
-    except MetricError as exc:
-        res["error"] = str(exc)
-    return res
+def score_key_pairs(judge: Judge, key: ScoreKey, pairs: list[tuple[Path, Path, bool, int]],
+                    emb: dict[ViewKey, dict[Path, np.ndarray]]) -> PairScores:
+    """``score_pairs`` on the two views a score key joins (one set of images when both sides show the same view)."""
+    va, vb = key.view(0), key.view(1)
+    a = emb.get(va, {})
+    return score_pairs(judge, pairs, a, None if vb == va else emb.get(vb, {}))
 
 
-def rank1_block(emb: dict, judge: Judge, views: Views, data: EvalData, source: str,
+def rank1_block(judge: Judge, emb: dict[ViewKey, dict[Path, np.ndarray]], data: EvalData, source: str,
                 methods: list[str], opts: EvalOptions) -> dict:
     """Closed-set rank-1: gallery = first enrolled unmasked photo per identity; probes = the rest."""
+    clean = emb.get(ViewKey.clean(), {})
     gallery, g_labels = [], []
     gallery_paths = set()
     for name, files in sorted(data.files.items()):
         for p in files:
-            if not data.images[p].real_masked and ("clean", p) in emb:
-                gallery.append(emb[("clean", p)])
+            if not data.images[p].real_masked and p in clean:
+                gallery.append(clean[p])
                 g_labels.append(name)
                 gallery_paths.add(p)
                 break
@@ -218,8 +166,9 @@ def rank1_block(emb: dict, judge: Judge, views: Views, data: EvalData, source: s
                    and (im.real_masked if source == "real" else not im.real_masked)]
     out = {"gallery": len(gallery), "probes": len(probe_paths)}
 
-    def one(view: str) -> dict:
-        P = [(emb[(view, p)], data.images[p].identity) for p in probe_paths if (view, p) in emb]
+    def one(view: ViewKey) -> dict:
+        vecs = emb.get(view, {})
+        P = [(vecs[p], data.images[p].identity) for p in probe_paths if p in vecs]
         r = {"probes_scored": len(P), "fte": len(probe_paths) - len(P)}
         if P:
             sim = judge.similarity_matrix(np.stack([v for v, _ in P]), G)
@@ -228,19 +177,92 @@ def rank1_block(emb: dict, judge: Judge, views: Views, data: EvalData, source: s
             r["rank1_ci95"] = list(bootstrap_ci(hits, n=opts.bootstrap, seed=opts.seed))
         return r
 
-    if source == "synthetic":
-        out["clean"] = one("clean")
-    out["masked"] = one(views.view_name(source, "masked", ""))
-    for m in methods:
-        if m != "none":
-            out[f"restored:{m}"] = one(views.view_name(source, "restored", m))
+    views = ([ViewKey.clean()] if source == "synthetic" else []) + [ViewKey.restored(source, m) for m in methods]
+    for v in views:
+        out[v.label] = one(v)
     return out
 
 
-def run_evaluation(opts: EvalOptions, comp: Components, on_views: Callable[[Views], None] | None = None) -> dict:
-    """Run everything and write the report folder; returns the results dict (also ``results.json``).
-    ``on_views`` receives the :class:`Views` (every canvas scored) once they are built, for callers that look at
-    single pairs afterwards (``meer.evaluation.plots.run_keeping_views``)."""
+def run_methods(views: Views, source: str, methods: list[RestorationMethod], notes: list[str],
+                progress: bool = True) -> None:
+    """Restore ``source``'s masked crops with every method, giving each the mask information it is defined with
+    (nothing, the ground truth, or another method's reported region); store the crops and regions in ``views``."""
+    masked = views.crops[ViewKey.masked(source)]
+    paths = list(masked)
+    crops = np.stack([masked[p] for p in paths])
+    # methods given another method's region run after the methods that report regions themselves
+    order = [m for m in methods if m.given in (NOTHING, TRUTH)] + [m for m in methods if m.given not in (NOTHING, TRUTH)]
+    for m in order:
+        if m.name == NO_METHOD:
+            continue
+        if m.given == TRUTH:
+            truth = views.truth.get(source)
+            if truth is None:
+                notes.append(f"method {m.name} skipped on {source} masks: it is given the ground-truth mask "
+                             "(an oracle) and these masks have none")
+                continue
+            given = np.stack([truth[p] for p in paths])
+        elif m.given != NOTHING:
+            provider = ViewKey.restored(source, m.given)
+            if provider not in views.regions:
+                notes.append(f"method {m.name} skipped on {source} masks: it is given the region method {m.given} "
+                             f"replaced, and {m.given} did not run")
+                continue
+            given = np.stack([views.regions[provider][p] for p in paths])
+        else:
+            given = None
+        t = time.time()
+        parts = []
+        for s in tqdm(range(0, len(paths), BATCH), desc=f"restoring ({source}, {m.name})", unit="batch",
+                      disable=not progress):
+            parts.append(m.restore(crops[s:s + BATCH], None if given is None else given[s:s + BATCH]))
+        out = Restored(np.concatenate([r.crops for r in parts]), np.concatenate([r.regions for r in parts]))
+        check_restored(m.name, crops, out)
+        key = ViewKey.restored(source, m.name)
+        views.crops[key] = dict(zip(paths, out.crops))
+        views.regions[key] = dict(zip(paths, out.regions))
+        log(f"{m.name} restored {len(paths)} {source} faces in {time.time() - t:.1f}s")
+
+
+def check_restored(name: str, crops: np.ndarray, out: Restored) -> None:
+    """A method's output is crops of its input's shape and dtype, and nothing changed outside the region it
+    reports (one line naming the method otherwise)."""
+    if out.crops.shape != crops.shape or out.crops.dtype != np.uint8:
+        raise MeerError(f"method {name} returned {out.crops.dtype} {out.crops.shape} for {crops.shape} uint8 crops")
+    if out.regions.shape != crops.shape[:3] or out.regions.dtype != bool:
+        raise MeerError(f"method {name} reported regions {out.regions.dtype} {out.regions.shape}, expected "
+                        f"{crops.shape[:3]} bool")
+    outside = (out.crops != crops).any(axis=-1) & ~out.regions
+    if outside.any():
+        raise MeerError(f"method {name} changed {int(outside.sum())} pixels outside the region it reports "
+                        f"(in {int(outside.any(axis=(1, 2)).sum())} of {len(crops)} crops)")
+
+
+def embed_views(views: Views, judges: list[Judge], opts: EvalOptions) -> Embeddings:
+    """Every judge's embedding of every crop of every view, each distinct crop computed once (and cached)."""
+    items = [(key, p, c) for key, crops in views.crops.items() for p, c in crops.items()]
+    embeddings: Embeddings = {}
+    for judge in judges:
+        cache = EmbeddingCache(opts.cache_dir, judge)
+        emb: dict[ViewKey, dict[Path, np.ndarray]] = {key: {} for key in views.crops}
+        bar = tqdm(total=len(items), desc=f"judge {judge.name}", unit="face", disable=not opts.progress)
+        for s in range(0, len(items), BATCH):
+            chunk = items[s:s + BATCH]
+            res = cache.embed(np.stack([c for _, _, c in chunk]))
+            for (key, p, _), vec, ok in zip(chunk, res.vectors, res.ok):
+                if ok:
+                    emb[key][p] = vec
+            bar.update(len(chunk))
+        bar.close()
+        cache.save()
+        embeddings[judge.name] = emb
+        log(f"judge {judge.name}: {cache.hits} cached, {cache.misses} computed")
+    return embeddings
+
+
+def run_evaluation(opts: EvalOptions, comp: Components) -> EvalResult:
+    """Run everything and write the report folder (``report.md``, ``results.json``, ``scores.npz``, figures);
+    returns the :class:`EvalResult` (the results dict, the crops of every view, every scored list of pairs)."""
     t0 = time.time()
     from meer.evaluation.report import write_outputs
 
@@ -265,149 +287,121 @@ def run_evaluation(opts: EvalOptions, comp: Components, on_views: Callable[[View
     if not faces:
         raise MeerError(f"no face found in any image under {opts.data}")
     views = Views(faces, data)
-    if on_views is not None:
-        on_views(views)
     keys = {p: im.key for p, im in data.images.items()}
 
-    sources = []
     clean_faces = {p: f for p, f in faces.items() if not data.images[p].real_masked}
     if clean_faces:
         if comp.masker is None:
             notes.append("synthetic masks skipped: meer.masking is not available")
         else:
             sm = synthetic_masks(clean_faces, keys, comp.masker, opts.seed, progress=opts.progress)
-            views.masked["synthetic"] = {p: m for p, (m, _) in sm.items()}
-            views.masks["synthetic"] = {p: k for p, (_, k) in sm.items()}
-            sources.append("synthetic")
+            views.crops[ViewKey.masked("synthetic")] = {p: m for p, (m, _) in sm.items()}
+            views.truth["synthetic"] = {p: k for p, (_, k) in sm.items()}
     real_faces = {p: f for p, f in faces.items() if data.images[p].real_masked}
     if real_faces:
-        region = typical_mask_region()
-        views.masked["real"] = {p: f.canvas for p, f in real_faces.items()}
-        views.masks["real"] = {p: region for p in real_faces}
-        sources.append("real")
+        views.crops[ViewKey.masked("real")] = {p: f.crop for p, f in real_faces.items()}
+    sources = views.sources
     if not sources:
         raise MeerError("nothing to evaluate: no synthetic masks and no real masked photos")
 
-    restorers = comp.restorers or [NoRestore()]
-    method_names = [r.name for r in restorers]
+    methods = [m for m in comp.methods if m.name != NO_METHOD]
+    by_name = {NO_METHOD: NoRestore(), **{m.name: m for m in methods}}
     for source in sources:
-        paths = list(views.masked[source])
-        canv = np.stack([views.masked[source][p] for p in paths])
-        masks = np.stack([views.masks[source][p] for p in paths])
-        for r in restorers:
-            t = time.time()
-            out = []
-            for s in tqdm(range(0, len(paths), 64), desc=f"restoring ({source}, {r.name})", unit="batch",
-                          disable=not opts.progress or r.name == "none"):
-                out.append(r.restore(canv[s:s + 64], masks[s:s + 64]))
-            restored = np.concatenate(out)
-            views.restored[(source, r.name)] = dict(zip(paths, restored))
-            if r.name != "none":
-                log(f"{r.name} restored {len(paths)} {source} faces in {time.time() - t:.1f}s")
+        run_methods(views, source, methods, notes, opts.progress)
 
-    # every view every judge needs
-    all_views: list[tuple[str, Path, np.ndarray]] = [("clean", p, f.canvas) for p, f in clean_faces.items()]
-    for source in sources:
-        all_views += [(views.view_name(source, "masked", ""), p, c) for p, c in views.masked[source].items()]
-        for m in method_names:
-            if m != "none":
-                all_views += [(views.view_name(source, "restored", m), p, c)
-                              for p, c in views.restored[(source, m)].items()]
     judges = list(comp.judges) + [em.judge for em in comp.embedding_methods if em.judge not in comp.judges]
-    embeddings: dict[str, dict] = {}
-    for judge in judges:
-        cache = EmbeddingCache(opts.cache_dir, judge)
-        emb = {}
-        bar = tqdm(total=len(all_views), desc=f"judge {judge.name}", unit="face", disable=not opts.progress)
-        for s in range(0, len(all_views), 64):
-            chunk = all_views[s:s + 64]
-            res = cache.embed(np.stack([c for _, _, c in chunk]))
-            for (v, p, _), vec, ok in zip(chunk, res.vectors, res.ok):
-                if ok:
-                    emb[(v, p)] = vec
-            bar.update(len(chunk))
-        bar.close()
-        cache.save()
-        for (v, p) in list(emb):  # "none" restores nothing: its restored view is the masked view
-            if v.startswith("masked:"):
-                emb[(v.replace("masked:", "restored:", 1) + ":none", p)] = emb[(v, p)]
-        embeddings[judge.name] = emb
-        log(f"judge {judge.name}: {cache.hits} cached, {cache.misses} computed")
+    embeddings = embed_views(views, judges, opts)
 
     results: dict = {
         "data": str(opts.data), "aligned": opts.aligned, "identities_file": str(opts.identities) if opts.identities else None,
         "identities": len(data.files), "images": len(data.images),
         "real_masked_images": sum(im.real_masked for im in data.images.values()),
-        "pairs": pairs_info, "seed": opts.seed, "sources": sources, "methods": method_names,
+        "pairs": pairs_info, "seed": opts.seed, "space": "112 x 112 ArcFace crops", "sources": sources,
+        "methods": list(by_name), "mask_given": {n: m.mask_given for n, m in by_name.items()},
         "embedding_methods": [em.name for em in comp.embedding_methods], "judges": [j.name for j in comp.judges],
         "enrolment": {"images_with_face": len(faces), "failures": len(enrol.skipped),
                       "failed_examples": [f"{p}: {r}" for p, r in enrol.skipped[:5]],
                       "fte_rate_detector": len(enrol.skipped) / max(1, len(data.images))},
         "verification": [], "rank1": [], "quality": [], "detectability": [], "notes": notes,
     }
-    score_sets: dict = {}
+    for em in comp.embedding_methods:
+        results["mask_given"][em.name] = given_label(NOTHING)
+    scores: dict[ScoreKey, PairScores] = {}
+
+    def add_row(key: ScoreKey, ps: PairScores, given: str) -> None:
+        scores[key] = ps
+        results["verification"].append({"source": key.source, "judge": key.judge, "condition": key.condition,
+                                        "method": key.method, "oracle": given == TRUTH,
+                                        "mask_given": given_label(given), **ps.row(opts.seed, opts.bootstrap)})
+
     for source in sources:
         sp = source_pairs(pairs, data, source)
         results.setdefault("pair_counts", {})[source] = {c: len(v) for c, v in sp.items()}
+        ran = [n for n in by_name if n == NO_METHOD or ViewKey.restored(source, n) in views.crops]
         for judge in comp.judges:
             emb = embeddings[judge.name]
             for cond in CONDITIONS:
-                ms = method_names if cond.startswith("restored") else ["none"]
-                for m in ms:
-                    r = score_condition(emb, judge, views, source, cond, m, sp[cond], opts)
-                    if "_scores" in r:
-                        score_sets[(source, judge.name, cond, m)] = r.pop("_scores")
-                    results["verification"].append({"source": source, "judge": judge.name, "condition": cond,
-                                                    "method": m, **r})
+                for m in (ran if cond.startswith("restored") else [NO_METHOD]):
+                    key = ScoreKey(source, judge.name, cond, m)
+                    add_row(key, score_key_pairs(judge, key, sp[cond], emb), by_name[m].given)
             results["rank1"].append({"source": source, "judge": judge.name,
-                                     **rank1_block(emb, judge, views, data, source, method_names, opts)})
+                                     **rank1_block(judge, emb, data, source, ran, opts)})
         for em in comp.embedding_methods:
-            base = embeddings[em.judge.name]
-            emb = dict(base)
-            prefix = views.view_name(source, "masked", "")
-            target = views.view_name(source, "restored", em.name)
-            for (v, p), vec in base.items():
-                if v == prefix:
-                    emb[(target, p)] = vec if em.transform is None else np.asarray(em.transform(vec[None]))[0]
-            own = f"{em.judge.name} (own space)"
+            own = own_space(em.judge.name)
+            emb = embeddings.setdefault(own, dict(embeddings[em.judge.name]))
+            masked = embeddings[em.judge.name].get(ViewKey.masked(source), {})
+            emb[ViewKey.restored(source, em.name)] = {
+                p: (v if em.transform is None else np.asarray(em.transform(v[None]))[0]) for p, v in masked.items()}
             for cond in ("restored-vs-clean", "restored-vs-restored"):
-                r = score_condition(emb, em.judge, views, source, cond, em.name, sp[cond], opts)
-                if "_scores" in r:
-                    score_sets[(source, own, cond, em.name)] = r.pop("_scores")
-                results["verification"].append({"source": source, "judge": own, "condition": cond,
-                                                "method": em.name, **r})
-        if source == "synthetic":
-            results["quality"] += quality_block(views, embeddings, comp, method_names, opts)
+                key = ScoreKey(source, own, cond, em.name)
+                add_row(key, score_key_pairs(em.judge, key, sp[cond], emb), NOTHING)
+        if source in views.truth:
+            results["quality"] += quality_block(views, embeddings, comp, source, ran, by_name)
         if comp.detectability is not None:
-            results["detectability"].append(detectability_block(comp.detectability, views, source, method_names,
-                                                                 clean_faces))
+            results["detectability"].append(detectability_block(comp.detectability, views, source, ran))
     add_gap_recovered(results)
     results["seconds"] = round(time.time() - t0, 1)
-    write_outputs(results, score_sets, views, embeddings, comp, data, opts)
+    result = EvalResult(results, views, scores, embeddings)
+    write_outputs(result, opts, comp.judges[0].name if comp.judges else None)
     if enrol.skipped:
         enrol.print_skipped("meer-eval", limit=5)
-    return results
+    return result
 
 
-def quality_block(views: Views, embeddings: dict, comp: Components, methods: list[str], opts: EvalOptions) -> list:
-    paths = list(views.masked["synthetic"])
-    clean = np.stack([views.faces[p].canvas for p in paths])
-    masks = np.stack([views.masks["synthetic"][p] for p in paths])
+def _mean(v: np.ndarray) -> float | None:
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+
+def quality_block(views: Views, embeddings: Embeddings, comp: Components, source: str, methods: list[str],
+                  by_name: dict[str, RestorationMethod]) -> list:
+    """Per method: PSNR / SSIM of the restored crops against the clean crops (whole crop and masked region), how
+    the region it reported matches the ground truth, LPIPS, and each judge's cosine and distance to the clean crop."""
+    truth = views.truth[source]
+    paths = list(truth)
+    clean = np.stack([views.faces[p].crop for p in paths])
+    masks = np.stack([truth[p] for p in paths])
     out = []
     for m in methods:
-        restored = np.stack([views.restored[("synthetic", m)][p] for p in paths])
-        q = region_scores(restored, clean, masks)
-        row = {"method": m, "images": len(paths),
+        view = ViewKey.restored(source, m)
+        restored = np.stack([views.crops[view][p] for p in paths])
+        regions = np.stack([views.region(view, p) for p in paths])
+        row = {"method": m, "oracle": by_name[m].oracle, "mask_given": by_name[m].mask_given, "images": len(paths),
                "empty_masks": int((masks.reshape(len(masks), -1).sum(axis=1) == 0).sum())}
-        for k, v in q.items():
-            row[k] = float(np.nanmean(v)) if np.isfinite(v).any() else None
+        for k, v in region_scores(restored, clean, masks).items():
+            row[k] = _mean(v)
+        agree = region_agreement(regions, masks)
+        row["region_iou"] = _mean(agree["iou"])
+        row["region_share"] = _mean(agree["share"])
+        row["truth_covered"] = _mean(agree["truth_covered"])
         if comp.lpips is not None:
             row["lpips_face"] = float(np.mean(comp.lpips(restored, clean)))
-        view = "masked:synthetic" if m == "none" else f"restored:synthetic:{m}"
         for jname, emb in embeddings.items():
-            both = [p for p in paths if (view, p) in emb and ("clean", p) in emb]
+            if jname.endswith(OWN_SPACE):  # an embedding method's space: the same vectors as its judge's
+                continue
+            got, ref = emb.get(view, {}), emb.get(ViewKey.clean(), {})
+            both = [p for p in paths if p in got and p in ref]
             if both:
-                a, b = np.stack([emb[(view, p)] for p in both]), np.stack([emb[("clean", p)] for p in both])
+                a, b = np.stack([got[p] for p in both]), np.stack([ref[p] for p in both])
                 row[f"cosine_{jname}"] = float(cosine(a, b).mean())
                 # the judge's own distance for Euclidean judges (dlib: same person below 0.6)
                 row[f"distance_{jname}"] = float(np.linalg.norm(a - b, axis=1).mean())
@@ -415,14 +409,13 @@ def quality_block(views: Views, embeddings: dict, comp: Components, methods: lis
     return out
 
 
-def detectability_block(dlib_judge, views: Views, source: str, methods: list[str], clean_faces: dict) -> dict:
-    paths = list(views.masked[source])
+def detectability_block(dlib_judge, views: Views, source: str, methods: list[str]) -> dict:
+    """Share of the crops of each view in which dlib's HOG detector finds the face."""
+    paths = list(views.crops[ViewKey.masked(source)])
     row = {"source": source, "images": len(paths)}
-    if source == "synthetic":
-        row["clean"] = float(dlib_judge.hog_detects(np.stack([clean_faces[p].canvas for p in paths])).mean())
-    for m in methods:
-        canv = np.stack([views.restored[(source, m)][p] for p in paths])
-        row["masked" if m == "none" else f"restored:{m}"] = float(dlib_judge.hog_detects(canv).mean())
+    keys = ([ViewKey.clean()] if source in views.truth else []) + [ViewKey.restored(source, m) for m in methods]
+    for key in keys:
+        row[key.label] = float(dlib_judge.hog_detects(np.stack([views.crops[key][p] for p in paths])).mean())
     return row
 
 
@@ -432,14 +425,11 @@ def add_gap_recovered(results: dict) -> None:
     for r in results["verification"]:
         if r["condition"] != "restored-vs-clean" or r.get("accuracy") is None:
             continue
-        judge = r["judge"].replace(" (own space)", "")
-        clean = acc.get((r["source"], judge, "clean-vs-clean", "none"))
-        masked = acc.get((r["source"], judge, "masked-vs-clean", "none"))
+        judge = ScoreKey(r["source"], r["judge"], r["condition"], r["method"]).base_judge
+        clean = acc.get((r["source"], judge, "clean-vs-clean", NO_METHOD))
+        masked = acc.get((r["source"], judge, "masked-vs-clean", NO_METHOD))
         if clean is None or masked is None or clean - masked < 0.005:
             r["gap_recovered"] = None
         else:
             r["gap_recovered"] = (r["accuracy"] - masked) / (clean - masked)
 
-
-def save_json(results: dict, path: Path) -> None:
-    path.write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")

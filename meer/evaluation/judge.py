@@ -1,7 +1,7 @@
 """What a *judge* is: a face recognizer that scores the faces the harness shows it.
 
-A judge receives evaluation canvases (``N x 224 x 224 x 3`` uint8, faces placed by
-``meer.evaluation.geometry``) and returns one embedding per face plus an ``ok`` flag; a face the
+A judge receives ArcFace-aligned crops (``N x 112 x 112 x 3`` uint8, ``meer.evaluation.geometry``), exactly the
+pixels a restoration method returned, and returns one embedding per face plus an ``ok`` flag; a face the
 judge cannot enrol (``ok=False``) is counted as a failure-to-enrol, never silently dropped.
 Scores are similarities (larger = same person): cosine for most judges, negative Euclidean
 distance for dlib, whose descriptor was trained for that distance.
@@ -33,8 +33,8 @@ class Judge(ABC):
     weights: str = ""
 
     @abstractmethod
-    def embed(self, canvases: np.ndarray) -> JudgeOutput:
-        """Embeddings of ``N x 224 x 224 x 3`` uint8 canvases."""
+    def embed(self, crops: np.ndarray) -> JudgeOutput:
+        """Embeddings of ``N x 112 x 112 x 3`` uint8 ArcFace crops."""
 
     def pair_scores(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Similarity of rows ``a[i]`` and ``b[i]``."""

@@ -1,10 +1,10 @@
-"""The MEER recognition branch as a judge: ``model.embed`` on the ArcFace 112 crop of the canvas."""
+"""The MEER recognition branch as a judge: ``model.embed`` on the 112 crops exactly as given."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from meer.evaluation.geometry import arcface_crops
+from meer.evaluation.geometry import check_crops
 from meer.evaluation.judge import Judge, JudgeOutput
 from meer.utils.tensors import images_to_tensor
 
@@ -23,8 +23,8 @@ class MeerJudge(Judge):
         self.batch_size = int(batch_size)
 
     @torch.no_grad()
-    def embed(self, canvases: np.ndarray) -> JudgeOutput:
-        crops = arcface_crops(canvases) if len(canvases) else np.zeros((0, 112, 112, 3), np.uint8)
+    def embed(self, crops: np.ndarray) -> JudgeOutput:
+        crops = check_crops(crops, "the meer judge")
         out = []
         for s in range(0, len(crops), self.batch_size):
             out.append(self.model.embed(images_to_tensor(crops[s:s + self.batch_size], self.device)).float().cpu().numpy())

@@ -1,97 +1,137 @@
-"""Methods that turn a masked face into a "restored" one, compared by the judges.
+"""Methods that turn a masked face into a "restored" one, compared by the judges, all in crop space.
 
-* ``none``: the masked face as it is (the baseline every gap is measured from);
-* ``telea``: OpenCV's Telea inpainting of the occlusion region (the synthetic mask's ground truth,
-  or for real masked photos the typical mask region, since they have no pixel ground truth);
-* ``meer``: the MEER generator (``model.restore`` on the ArcFace 112 crop, pasted back into the
-  canvas only where MEER changed pixels).
+Every method takes ``N x 112 x 112 x 3`` uint8 ArcFace crops and returns :class:`Restored`: the restored crops, in
+the same space and pixel grid (nothing is resampled), and the region it replaced, as the method itself reports it
+(pixels outside that region are bit-identical to its input; the harness checks this). What a method is told about
+the mask is part of its definition (``given``), so every table can say which rows had the ground truth:
 
-Methods that give an *embedding* rather than a face (MEER's identity embedding, EUM/SRT) are
-scored in their own embedding space; see ``meer.evaluation.harness``.
+* ``none``: the masked face as it is (the baseline every gap is measured from); given nothing;
+* ``meer``: MEER on the crop, replacing its own predicted occlusion region (binarised, dilated map): given nothing,
+  *blind* -- what ``meer-restore`` does;
+* ``meer-oracle``: MEER with the ground-truth mask as its region (the model's ``mask=`` argument): *oracle*;
+* ``telea``: OpenCV's Telea inpainting of the ground-truth mask: *oracle*;
+* ``telea-blind``: Telea inpainting of exactly the region ``meer`` replaced: *blind*, with the same mask information
+  as ``meer``.
+
+Oracle rows need pixel ground truth (synthetic masks); on real masked photos they are skipped with a note. Methods
+that give an *embedding* rather than a face (MEER's identity embedding, EUM/SRT) are scored in their own embedding
+space; see ``meer.evaluation.harness.EmbeddingMethod``.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from meer.evaluation.geometry import CANVAS_OFFSET, CANVAS_SIZE, arcface_crops
+from meer.evaluation.geometry import check_crops
+from meer.utils.errors import MeerError
 from meer.utils.tensors import images_to_tensor, tensor_to_images
+
+#: ``RestorationMethod.given`` of oracle methods: the ground-truth mask
+TRUTH = "ground truth"
+#: ``RestorationMethod.given`` of methods told nothing (they find the region themselves, or restore nothing)
+NOTHING = "nothing"
+
+
+def given_label(given: str) -> str:
+    """``ground truth``, ``nothing`` or ``region of <method>``: what a method was told (``results.json``)."""
+    return given if given in (TRUTH, NOTHING) else f"region of {given}"
+
+
+@dataclass(frozen=True)
+class Restored:
+    """A method's output: restored crops and, per crop, the pixels it replaced (``N x 112 x 112`` bool)."""
+
+    crops: np.ndarray
+    regions: np.ndarray
 
 
 class RestorationMethod(ABC):
-    """A method the harness compares on canvases (not :class:`meer.inference.pipeline.Restorer`, the photo
+    """A method the harness compares on 112 crops (not :class:`meer.inference.pipeline.Restorer`, the photo
     restoration pipeline)."""
 
-    name: str = "restorer"
-    #: whether ``restore`` works from the mask it is given (images evaluated as given have none)
-    uses_mask: bool = False
-    #: identifies the method's output for caches (change it when weights/settings change)
-    cache_key: str = "restorer"
+    name: str = "method"
+    #: what the method is told about the mask: ``NOTHING``, ``TRUTH`` (an oracle row) or the name of another method
+    #: of the run whose reported region it is given (a blind row with that method's information)
+    given: str = NOTHING
+
+    @property
+    def oracle(self) -> bool:
+        """Whether the method is given the ground-truth mask."""
+        return self.given == TRUTH
+
+    @property
+    def mask_given(self) -> str:
+        return given_label(self.given)
+
+    def restore(self, crops: np.ndarray, mask: np.ndarray | None = None) -> Restored:
+        """Restore ``N x 112 x 112 x 3`` uint8 crops; ``mask`` (``N x 112 x 112`` bool) is what ``given`` says (the
+        ground truth, or another method's region), and ``None`` exactly when the method is given nothing."""
+        crops = check_crops(crops, f"method {self.name}")
+        if (mask is None) != (self.given == NOTHING):
+            raise MeerError(f"method {self.name} is given {self.mask_given}, got "
+                            + ("no mask" if mask is None else "a mask"))
+        if mask is not None:
+            mask = np.asarray(mask, bool)
+            if mask.shape != crops.shape[:3]:
+                raise MeerError(f"method {self.name}: mask shape {mask.shape} does not match crops {crops.shape}")
+        return self._restore(crops, mask)
 
     @abstractmethod
-    def restore(self, canvases: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """``N x 224 x 224 x 3`` uint8 restored canvases from masked ones and ``N x 224 x 224`` bool masks
-        (ground truth for synthetic masks, the typical region for real ones; methods may ignore it)."""
+    def _restore(self, crops: np.ndarray, mask: np.ndarray | None) -> Restored:
+        """The method itself (inputs checked)."""
 
 
 class NoRestore(RestorationMethod):
     name = "none"
-    cache_key = "none"
 
-    def restore(self, canvases: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        return canvases
+    def _restore(self, crops: np.ndarray, mask: np.ndarray | None) -> Restored:
+        return Restored(crops, np.zeros(crops.shape[:3], bool))
 
 
-class TeleaRestorer(RestorationMethod):
-    """``cv2.inpaint(..., INPAINT_TELEA)`` of the mask, grown by ``dilate`` pixels to cover its rim."""
+class TeleaInpainting(RestorationMethod):
+    """``cv2.inpaint(..., INPAINT_TELEA)`` of exactly the mask it is given (the ground truth: ``telea``; the region
+    ``meer`` replaced: ``telea-blind``); that mask is the region it reports."""
 
-    name = "telea"
-    uses_mask = True
-
-    def __init__(self, radius: int = 5, dilate: int = 3):
+    def __init__(self, name: str = "telea", given: str = TRUTH, radius: int = 3):
+        if given == NOTHING:
+            raise MeerError("Telea inpainting needs a region: the ground truth or another method's")
+        self.name = name
+        self.given = given
         self.radius = int(radius)
-        self.dilate = int(dilate)
-        self.cache_key = f"telea-r{self.radius}-d{self.dilate}"
 
-    def restore(self, canvases: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * self.dilate + 1, 2 * self.dilate + 1))
-        out = np.empty_like(canvases)
-        for i, (c, m) in enumerate(zip(canvases, masks)):
-            m8 = cv2.dilate(m.astype(np.uint8), kernel) if self.dilate > 0 else m.astype(np.uint8)
-            out[i] = cv2.inpaint(np.ascontiguousarray(c), m8, self.radius, cv2.INPAINT_TELEA)
-        return out
+    def _restore(self, crops: np.ndarray, mask: np.ndarray | None) -> Restored:
+        out = np.empty_like(crops)
+        for i, (c, m) in enumerate(zip(crops, mask)):
+            out[i] = cv2.inpaint(np.ascontiguousarray(c), m.astype(np.uint8), self.radius, cv2.INPAINT_TELEA)
+        return Restored(out, mask.copy())
 
 
-class MeerRestorer(RestorationMethod):
-    """MEER's generator on the 112 crop; only the pixels MEER replaced are pasted into the canvas."""
+class MeerRestoration(RestorationMethod):
+    """MEER's generator on the 112 crop: the composite ``M * G(x) + (1 - M) * x`` with ``M`` its own binarised,
+    dilated occlusion prediction (``meer``, blind) or the ground-truth mask (``meer-oracle``); the region it
+    reports is ``M > 0``, the model's own ``composite_mask``."""
 
-    name = "meer"
-
-    def __init__(self, model: torch.nn.Module, cache_key: str, device: str | torch.device = "cpu",
-                 batch_size: int = 32):
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", batch_size: int = 32,
+                 oracle: bool = False):
         self.model = model.eval()
-        self.cache_key = cache_key
+        self.name = "meer-oracle" if oracle else "meer"
+        self.given = TRUTH if oracle else NOTHING
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
 
     @torch.no_grad()
-    def restore(self, canvases: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        out = canvases.copy()
-        crops = arcface_crops(canvases)
-        a = int(round(CANVAS_OFFSET))
-        side = CANVAS_SIZE - 2 * a
+    def _restore(self, crops: np.ndarray, mask: np.ndarray | None) -> Restored:
+        out, regions = [], []
         for s in range(0, len(crops), self.batch_size):
             x = images_to_tensor(crops[s:s + self.batch_size], self.device)
-            restored, _ = self.model.restore(x)
-            r = tensor_to_images(restored)
-            changed = (r != crops[s:s + self.batch_size]).any(axis=-1).astype(np.uint8)
-            for j in range(len(r)):
-                up = cv2.resize(r[j], (side, side), interpolation=cv2.INTER_CUBIC)
-                region = cv2.resize(cv2.dilate(changed[j], np.ones((3, 3), np.uint8)), (side, side),
-                                    interpolation=cv2.INTER_NEAREST).astype(bool)
-                window = out[s + j, a:a + side, a:a + side]
-                window[region] = up[region]
-        return out
+            m = None if mask is None else torch.from_numpy(mask[s:s + self.batch_size, None]).to(self.device, x.dtype)
+            res = self.model(x, mask=m)
+            out.append(tensor_to_images(res.restored))
+            regions.append((res.composite_mask[:, 0] > 0).cpu().numpy())
+        if not out:
+            return Restored(crops.copy(), np.zeros(crops.shape[:3], bool))
+        return Restored(np.concatenate(out), np.concatenate(regions))

@@ -4,7 +4,8 @@ The drawings come from :mod:`meer.evaluation.figures` (re-exported here: ``roc_f
 ``draw_roc``, ``draw_histogram``); from a ``meer-eval`` output folder ``load_scores``, ``roc_grid``,
 ``histogram_grid`` and ``headline_table`` give figures and tables, and ``run_keeping_views`` / ``scored_pairs`` /
 ``worst_pairs`` / ``failure_gallery`` show *which* pairs failed: ``scores.npz`` keeps every score but not the pair
-it belongs to. This module uses the harness; the harness and the report writer never import it.
+it belongs to, the run's :class:`~meer.evaluation.views.EvalResult` keeps both. This module uses the harness; the
+harness and the report writer never import it.
 """
 from __future__ import annotations
 
@@ -15,30 +16,29 @@ from typing import TYPE_CHECKING, Sequence
 import matplotlib.pyplot as plt  # headless runs fall back to Agg by themselves; notebooks keep their inline backend
 import numpy as np
 
-from meer.evaluation.cells import accuracy_cell, curve_label, gap_cell, pct, tar_cell
+from meer.evaluation.cells import accuracy_cell, curve_label, gap_cell, mask_cell, pct, tar_cell
 from meer.evaluation.figures import draw_histogram, draw_roc, histogram_figure, roc_figure  # noqa: F401
+from meer.evaluation.keys import NO_METHOD, SIDES, ScoreKey, ViewKey
+from meer.evaluation.scoring import score_pairs
+from meer.evaluation.views import EvalResult, Views
 
 if TYPE_CHECKING:
     from meer.data.pairs import Pair
-    from meer.evaluation.harness import Components, EvalOptions, Views
+    from meer.evaluation.harness import Components, EvalOptions
     from meer.evaluation.judge import Judge
-
-#: what ``scores.npz`` is keyed by: ``(source, judge, condition, method)``
-ScoreKey = tuple[str, str, str, str]
-OWN_SPACE = " (own space)"
 
 
 # ----------------------------------------------------------------------------- a report folder, as figures
 
 def load_scores(report_dir: str | Path) -> dict[ScoreKey, tuple[np.ndarray, np.ndarray]]:
-    """Every scored pair of a ``meer-eval`` run: ``{(source, judge, condition, method): (scores, genuine)}``,
+    """Every scored pair of a ``meer-eval`` run: ``{ScoreKey(source, judge, condition, method): (scores, genuine)}``,
     read from ``REPORT_DIR/scores.npz`` (scores are similarities: larger = same person)."""
     out: dict[ScoreKey, tuple[np.ndarray, np.ndarray]] = {}
     with np.load(Path(report_dir) / "scores.npz") as z:
         for name in z.files:
             if name.endswith("|scores"):
-                key = tuple(name[: -len("|scores")].split("|"))
-                out[key] = (z[name], z[name[: -len("scores")] + "genuine"].astype(bool))  # type: ignore[index]
+                stem = name[: -len("|scores")]
+                out[ScoreKey.from_npz_name(stem)] = (z[name], z[stem + "|genuine"].astype(bool))
     return out
 
 
@@ -51,14 +51,13 @@ def roc_panels(score_sets: dict[ScoreKey, tuple[np.ndarray, np.ndarray]], prefix
     ``conditions`` keeps only those conditions, in that order of preference for the legend."""
     panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
     order = list(conditions) if conditions is not None else None
-    keys = [k for k in score_sets if not (k[2].startswith("restored") and k[3] == "none")]
+    keys = [k for k in score_sets if not (k.condition.startswith("restored") and k.method == NO_METHOD)]
     if order is not None:
-        keys = [k for k in keys if k[2] in order]
-        keys.sort(key=lambda k: order.index(k[2]))
-    for source, judge, cond, method in keys:
-        base = judge.replace(OWN_SPACE, "")
-        title = f"{prefix}{source} masks, judge {base}"
-        panels.setdefault(title, {})[curve_label(cond, method)] = score_sets[(source, judge, cond, method)]
+        keys = [k for k in keys if k.condition in order]
+        keys.sort(key=lambda k: order.index(k.condition))
+    for k in keys:
+        title = f"{prefix}{k.source} masks, judge {k.base_judge}"
+        panels.setdefault(title, {})[curve_label(k.condition, k.method)] = score_sets[k]
     return panels
 
 
@@ -116,15 +115,16 @@ def _finish_grid(fig, axes, used: int, title: str | None):
 def headline_table(reports: dict[str, dict], skip_none_restored: bool = True) -> str:
     """A plain-text table of the headline numbers of one or more ``results.json`` dicts (``{data name: results}``):
     10-fold accuracy with its 95% interval, AUC, EER, TAR at FAR 1e-2 / 1e-3 (``*``: fewer impostor pairs than
-    1/FAR, measured at zero false accepts), genuine / impostor pairs, FTE and the gap recovered."""
-    head = ["data", "masks", "judge", "condition", "method", "acc % (95% CI)", "AUC", "EER %", "TAR@1e-2",
+    1/FAR, measured at zero false accepts), genuine / impostor pairs, FTE and the gap recovered; ``mask`` says
+    which rows had the ground-truth mask (oracle) and which did not (blind)."""
+    head = ["data", "masks", "judge", "condition", "method", "mask", "acc % (95% CI)", "AUC", "EER %", "TAR@1e-2",
             "TAR@1e-3", "gen/imp", "FTE %", "gap rec."]
     rows = [head]
     for name, res in reports.items():
         for v in res["verification"]:
             if skip_none_restored and v["condition"].startswith("restored") and v["method"] == "none":
                 continue
-            row = [name, v["source"], v["judge"], v["condition"], v["method"]]
+            row = [name, v["source"], v["judge"], v["condition"], v["method"], mask_cell(v)]
             if "accuracy" not in v:
                 err = str(v.get("error", "not scored"))
                 rows.append(row + [f"n/a: {err[:40]}", "", "", "", "", f"{v.get('pairs_scored', 0)} pairs",
@@ -143,17 +143,24 @@ def headline_table(reports: dict[str, dict], skip_none_restored: bool = True) ->
 
 @dataclass
 class EvalRun:
-    """A finished ``run_evaluation`` with the canvases it scored (``views``) and its pairs."""
+    """A finished ``run_evaluation``: its :class:`EvalResult` (results, the crops of every view, every scored list
+    of pairs, every embedding), its pairs and the report folder it wrote."""
 
-    results: dict
-    views: "Views"
+    result: EvalResult
     pairs: "list[Pair]"
-    cache_dir: Path | None
-    out: Path  # the report folder it wrote (``load_scores(run.out)``)
+    out: Path  # the report folder (``load_scores(run.out)``)
+
+    @property
+    def results(self) -> dict:
+        return self.result.results
+
+    @property
+    def views(self) -> Views:
+        return self.result.views
 
     @property
     def data(self):
-        return self.views.data
+        return self.result.data
 
 
 @dataclass
@@ -165,80 +172,54 @@ class ScoredPair:
     probe: Path  # the photo on the probe side (the masked / restored one in the masked conditions)
     reference: Path
     source: str  # "synthetic" or "real"
-    condition: str  # one of meer.evaluation.harness.CONDITIONS
-    method: str  # the restorer shown on restored sides ("none" otherwise)
+    condition: str  # one of meer.evaluation.keys.CONDITIONS
+    method: str  # the method shown on restored sides ("none" otherwise)
     fold: int
+
+    @property
+    def views(self) -> tuple[ViewKey, ViewKey]:
+        """The views the probe and the reference side show."""
+        return tuple(ViewKey.side(r, self.source, self.method) for r in SIDES[self.condition])  # type: ignore
 
     @property
     def roles(self) -> tuple[str, str]:
         """What each side shows: "clean", "masked" or "restored" (``none`` restores nothing: "masked")."""
-        from meer.evaluation.harness import SIDES
-
-        return tuple("masked" if r == "restored" and self.method == "none" else r  # type: ignore[return-value]
-                     for r in SIDES[self.condition])
+        return tuple(v.role for v in self.views)  # type: ignore[return-value]
 
 
 def run_keeping_views(opts: "EvalOptions", comp: "Components") -> EvalRun:
-    """``meer.evaluation.harness.run_evaluation(opts, comp)`` (what ``meer-eval`` runs; it writes the same
-    report folder) that also keeps the canvases it scored, so single pairs can be looked at afterwards.
-    Give ``opts.cache_dir``: ``scored_pairs`` and ``failure_gallery`` then read the run's embeddings from its
-    cache instead of computing them again."""
+    """``meer.evaluation.harness.run_evaluation(opts, comp)`` (what ``meer-eval`` runs; it writes the same report
+    folder) with the pairs it scored, so single pairs can be looked at afterwards."""
     from meer.data.pairs import read_pairs
     from meer.evaluation import harness
 
-    kept: list = []
-    results = harness.run_evaluation(opts, comp, on_views=kept.append)
-    if len(kept) != 1:
-        raise RuntimeError(f"run_evaluation reported {len(kept)} Views objects, expected 1")
-    views = kept[0]
+    result = harness.run_evaluation(opts, comp)
     pairs_path = opts.pairs if opts.pairs is not None else opts.out / "pairs.txt"
-    pairs = read_pairs(pairs_path, views.data.files).pairs
-    return EvalRun(results, views, pairs, opts.cache_dir, Path(opts.out))
+    pairs = read_pairs(pairs_path, result.data.files).pairs
+    return EvalRun(result, pairs, Path(opts.out))
 
 
-def _view(run: EvalRun, source: str, role: str, method: str, path: Path) -> np.ndarray | None:
-    """The canvas a side shows, ``None`` when the photo has no face (a failure to enrol)."""
+def _check_view(run: EvalRun, source: str, method: str) -> None:
     views = run.views
-    if role != "clean" and source not in views.masked:
-        raise ValueError(f"mask source {source!r} is not in this run (it has {sorted(views.masked)})")
-    if role == "restored" and (source, method) not in views.restored:
-        raise ValueError(f"method {method!r} did not run on {source} masks "
-                         f"(ran: {sorted(m for s, m in views.restored if s == source)})")
-    return views.get(source, role, method, path)
+    if source not in views.sources:
+        raise ValueError(f"mask source {source!r} is not in this run (it has {views.sources})")
+    if method != NO_METHOD and ViewKey.restored(source, method) not in views.crops:
+        raise ValueError(f"method {method!r} did not run on {source} masks (ran: {views.methods(source)})")
 
 
-def scored_pairs(run: EvalRun, judge: "Judge", source: str, condition: str, method: str = "none") -> list[ScoredPair]:
+def scored_pairs(run: EvalRun, judge: "Judge | str", source: str, condition: str,
+                 method: str = NO_METHOD) -> list[ScoredPair]:
     """Every pair of ``condition`` that ``judge`` scored in ``run``, in the order of ``scores.npz``, with the
-    photos it joins. Pairs touching a face the judge could not enrol are left out, as in the report."""
-    from meer.evaluation.cache import EmbeddingCache
-    from meer.evaluation.harness import source_pairs
-
-    if source not in run.views.masked:
-        raise ValueError(f"mask source {source!r} is not in this run (it has {sorted(run.views.masked)})")
-    tuples = source_pairs(run.pairs, run.data, source)[condition]
-    roles = ScoredPair(0.0, True, Path(), Path(), source, condition, method, 0).roles
-    need: dict[tuple[int, Path], np.ndarray] = {}
-    for a, b, _, _ in tuples:
-        for side, p in ((0, a), (1, b)):
-            if (side, p) not in need:
-                c = _view(run, source, roles[side], method, p)
-                if c is not None:
-                    need[(side, p)] = c
-    emb: dict[tuple[int, Path], np.ndarray] = {}
-    if need:
-        cache = EmbeddingCache(run.cache_dir, judge)
-        keys = list(need)
-        res = cache.embed(np.stack([need[k] for k in keys]))
-        cache.save()
-        emb = {k: v for k, v, ok in zip(keys, res.vectors, res.ok) if ok}
-    out = []
-    for a, b, same, fold in tuples:
-        ea, eb = emb.get((0, a)), emb.get((1, b))
-        if ea is None or eb is None:
-            continue
-        out.append(ScoredPair(float(judge.pair_scores(ea[None], eb[None])[0]), bool(same), a, b, source, condition,
-                              method, int(fold)))
-    return out
+    photos it joins (the run's own scores: pairs touching a face the judge could not enrol are left out, as in the
+    report)."""
+    _check_view(run, source, method)
+    name = judge if isinstance(judge, str) else judge.name
+    key = ScoreKey(source, name, condition, method)
+    if key not in run.result.scores:
+        raise ValueError(f"no scores for {key} in this run")
+    ps = run.result.scores[key]
+    return [ScoredPair(float(s), bool(g), a, b, source, condition, method, int(f))
+            for (a, b), s, g, f in zip(ps.pairs, ps.scores, ps.genuine, ps.folds)]
 
 
 def worst_pairs(pairs: Sequence[ScoredPair], k: int = 4) -> tuple[list[ScoredPair], list[ScoredPair]]:
@@ -249,15 +230,11 @@ def worst_pairs(pairs: Sequence[ScoredPair], k: int = 4) -> tuple[list[ScoredPai
     return impostors[:k], genuine[:k]
 
 
-def face_tile(canvas: np.ndarray, cells: int | None = 12, margin: int = 8) -> np.ndarray:
-    """The face region of an evaluation canvas (the ArcFace crop plus ``margin`` px), pixelated into
-    ``cells x cells`` blocks with ``meer.inference.visuals.pixelate`` unless ``cells`` is None."""
-    from meer.evaluation.geometry import ARCFACE_REGION
+def face_tile(crop: np.ndarray, cells: int | None = 12) -> np.ndarray:
+    """A face crop pixelated into ``cells x cells`` blocks with ``meer.inference.visuals.pixelate`` (a copy as it is
+    when ``cells`` is None)."""
     from meer.inference.visuals import pixelate
 
-    x1, y1, x2, y2 = (int(round(v)) for v in ARCFACE_REGION)
-    h, w = canvas.shape[:2]
-    crop = canvas[max(0, y1 - margin):min(h, y2 + margin), max(0, x1 - margin):min(w, x2 + margin)]
     return pixelate(crop, cells) if cells else crop.copy()
 
 
@@ -268,17 +245,17 @@ def describe_score(judge: "Judge", score: float) -> str:
 
 def gallery_figure(rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], cells: int | None = 12,
                    title: str | None = None, tile: float = 1.9):
-    """Rows of captioned face canvases: ``[(row label, [(caption, canvas), ...]), ...]``. Every canvas is cut to
-    its face region and pixelated (``face_tile(canvas, cells)``; ``cells=None`` shows it as it is)."""
+    """Rows of captioned face crops: ``[(row label, [(caption, crop), ...]), ...]``. Every crop is pixelated
+    (``face_tile(crop, cells)``; ``cells=None`` shows it as it is)."""
     ncols = max((len(t) for _, t in rows), default=1)
     nrows = max(1, len(rows))
     fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols + 0.3, (tile + 0.55) * nrows + 0.3), squeeze=False)
     for ax in axes.ravel():
         ax.set_axis_off()
     for i, (label, tiles) in enumerate(rows):
-        for j, (caption, canvas) in enumerate(tiles):
+        for j, (caption, crop) in enumerate(tiles):
             ax = axes[i, j]
-            ax.imshow(face_tile(canvas, cells))
+            ax.imshow(face_tile(crop, cells))
             ax.set_title(caption, fontsize=7)
         axes[i, 0].text(-0.06, 0.5, label, transform=axes[i, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=7.5)
@@ -292,36 +269,33 @@ def failure_gallery(run: EvalRun, judge: "Judge", pairs: Sequence[ScoredPair], m
                     cells: int | None = 12, title: str | None = None):
     """One row per pair: the probe as scored, the probe restored by each of ``methods`` (each scored against
     the same reference), the probe's unmasked photo when the masks are synthetic, then the reference.
-    Scores are ``judge``'s (``describe_score``); the images are pixelated unless ``cells`` is None."""
-    from meer.evaluation.cache import EmbeddingCache
+    Scores are ``judge``'s (``describe_score``, from the run's embeddings); the images are pixelated unless
+    ``cells`` is None."""
+    emb = run.result.embeddings[judge.name]
 
-    cache = EmbeddingCache(run.cache_dir, judge)
-
-    def score(a: np.ndarray, b: np.ndarray) -> str:
-        res = cache.embed(np.stack([a, b]))
-        if not res.ok.all():
-            return "not enrolled"
-        return describe_score(judge, float(judge.pair_scores(res.vectors[:1], res.vectors[1:])[0]))
+    def score(probe_view: ViewKey, probe: Path, ref_view: ViewKey, ref: Path) -> str:
+        ps = score_pairs(judge, [(probe, ref, True, 0)], emb.get(probe_view, {}), emb.get(ref_view, {}))
+        return describe_score(judge, float(ps.scores[0])) if ps.scored else "not enrolled"
 
     rows = []
     for p in pairs:
-        role_a, role_b = p.roles
-        probe = _view(run, p.source, role_a, p.method, p.probe)
-        ref = _view(run, p.source, role_b, p.method, p.reference)
-        shown = role_a if role_a != "restored" else f"restored, {p.method}"
+        va, vb = p.views
+        probe, ref = run.views.get(va, p.probe), run.views.get(vb, p.reference)
+        shown = va.role if va.role != "restored" else f"restored, {p.method}"
         tiles = [(f"probe ({shown})\n{describe_score(judge, p.score)}", probe)]
-        if role_a != "clean":
+        if va.role != "clean":
             for m in methods:
-                if m == p.method and role_a == "restored":
+                if m == p.method and va.role == "restored":
                     continue
-                restored = _view(run, p.source, "restored", m, p.probe)
-                tiles.append((f"probe, {m}\n{score(restored, ref)}", restored))
+                _check_view(run, p.source, m)
+                view = ViewKey.restored(p.source, m)
+                tiles.append((f"probe, {m}\n{score(view, p.probe, vb, p.reference)}", run.views.get(view, p.probe)))
             if p.source == "synthetic":
-                truth = _view(run, p.source, "clean", "", p.probe)
-                tiles.append((f"probe unmasked\n{score(truth, ref)}", truth))
-        tiles.append((f"reference ({'restored, ' + p.method if role_b == 'restored' else role_b})", ref))
+                clean = ViewKey.clean()
+                tiles.append((f"probe unmasked\n{score(clean, p.probe, vb, p.reference)}",
+                              run.views.get(clean, p.probe)))
+        tiles.append((f"reference ({'restored, ' + p.method if vb.role == 'restored' else vb.role})", ref))
         ia, ib = run.data.images[p.probe], run.data.images[p.reference]
         who = ia.identity if p.genuine else f"{ia.identity} /\n{ib.identity}"
         rows.append((f"{'genuine' if p.genuine else 'impostor'}: {who}", tiles))
-    cache.save()
     return gallery_figure(rows, cells=cells, title=title)

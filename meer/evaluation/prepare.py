@@ -1,13 +1,16 @@
-"""From image files to evaluation canvases: meer's own detection and alignment, then synthetic masks.
+"""From image files to evaluation crops: meer's own detection and alignment, then synthetic masks.
 
 Every photo is located with meer's detector (``meer.faces.FaceDetector``: MTCNN with its masked-face
-fallback), warped onto the canvas (``meer.evaluation.geometry``) and kept with its landmarks in
-canvas pixels. A photo in which no face is found gets no canvas: it is a failure to enrol for every
-judge and the report counts it. Landmarks are cached per file (path, size, mtime) so re-runs skip
-detection. Aligned input (``--aligned``) is placed on the canvas from its known crop geometry.
+fallback), warped once into the 112 ArcFace crop (``meer.evaluation.geometry.crop_from_photo``, the
+alignment ``meer-restore`` uses) and kept with its landmarks in crop pixels. A photo in which no face
+is found gets no crop: it is a failure to enrol for every judge and the report counts it. Landmarks
+are cached per file (path, size, mtime) so re-runs skip detection. Aligned input (``--aligned``) is
+used as it is (``crop_from_aligned``).
 
-Synthetic masks use ``meer.masking`` with a seed derived from the run seed and the image's key, so
-an image gets the same mask whatever else is evaluated with it.
+Synthetic masks are drawn on the crop with ``meer.masking`` (their occlusion mask is exactly the pixels
+that changed: the ground truth of the oracle rows and of the masked-region quality metrics), with a seed
+derived from the run seed and the image's key, so an image gets the same mask whatever else is evaluated
+with it.
 """
 from __future__ import annotations
 
@@ -17,13 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from meer.utils.folder_report import FolderReport
 from meer.evaluation.dataset import EvalData
-from meer.evaluation.geometry import CANVAS_SCALE, CANVAS_OFFSET, canvas_matrix, crop_matrix_to_canvas, warp_to_canvas
+from meer.evaluation.geometry import crop_from_aligned, crop_from_photo
 from meer.faces.template import ARCFACE_112
 from meer.utils.errors import MeerError
 from meer.utils.files import atomic_write_bytes
@@ -31,19 +33,14 @@ from meer.utils.images import read_image
 
 #: images -> 5 landmarks per image (``None`` when no face)
 Locator = Callable[[list[np.ndarray]], list["np.ndarray | None"]]
-#: (canvas, landmarks in canvas pixels, seed) -> (masked canvas, occlusion mask bool 224 x 224)
+#: (crop, landmarks in crop pixels, seed) -> (masked crop, occlusion mask bool 112 x 112)
 Masker = Callable[[np.ndarray, np.ndarray, int], "tuple[np.ndarray, np.ndarray]"]
-
-#: the region a typical face mask covers (nose bridge to chin), ArcFace-112 pixels; used to tell
-#: inpainting where to work on *real* masked photos, which have no pixel ground truth
-TYPICAL_MASK_112 = np.array([[17, 63], [56, 60], [95, 63], [97, 92], [88, 110], [56, 121], [24, 110], [15, 92]],
-                            dtype=np.float64)
 
 
 @dataclass
 class Face:
-    canvas: np.ndarray  # 224 x 224 x 3 uint8
-    landmarks: np.ndarray  # (5, 2) in canvas pixels
+    crop: np.ndarray  # 112 x 112 x 3 uint8 ArcFace crop
+    landmarks: np.ndarray  # (5, 2) in crop pixels
 
 
 def meer_locator(device: str = "cpu", batch_size: int = 16) -> Locator:
@@ -68,8 +65,8 @@ def meer_masker(kinds: Iterable[str] | None = None) -> Masker:
 
     kinds = list(kinds) if kinds is not None else None
 
-    def mask(canvas: np.ndarray, landmarks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        r = apply_mask(canvas, landmarks, sample_spec(seed, kinds=kinds))
+    def mask(crop: np.ndarray, landmarks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        r = apply_mask(crop, landmarks, sample_spec(seed, kinds=kinds))
         return np.asarray(r.image, dtype=np.uint8), np.asarray(r.mask).astype(bool)
 
     return mask
@@ -78,14 +75,6 @@ def meer_masker(kinds: Iterable[str] | None = None) -> Masker:
 def image_seed(seed: int, key: str) -> int:
     """Per-image mask seed: fixed by the run seed and the image's key, independent of order."""
     return (int(seed) * 1_000_003 + zlib.crc32(key.encode("utf-8"))) % (2**31 - 1)
-
-
-def typical_mask_region() -> np.ndarray:
-    """``224 x 224`` bool: ``TYPICAL_MASK_112`` filled on the canvas."""
-    poly = np.round(TYPICAL_MASK_112 * CANVAS_SCALE + CANVAS_OFFSET).astype(np.int32)
-    out = np.zeros((224, 224), np.uint8)
-    cv2.fillPoly(out, [poly], 1)
-    return out.astype(bool)
 
 
 class LandmarkCache:
@@ -121,7 +110,7 @@ class LandmarkCache:
 
 def prepare_faces(data: EvalData, report: FolderReport, locator: Locator | None = None,
                   cache_dir: Path | None = None, batch_size: int = 16, progress: bool = True) -> dict[Path, Face]:
-    """Canvas and landmarks for every readable image with a face; the others go to ``report``."""
+    """Crop and landmarks for every readable image with a face; the others go to ``report``."""
     paths = [p for lst in data.files.values() for p in lst]
     faces: dict[Path, Face] = {}
     if data.aligned:
@@ -129,12 +118,10 @@ def prepare_faces(data: EvalData, report: FolderReport, locator: Locator | None 
             rgb = _read(p, report)
             if rgb is None:
                 continue
-            h, w = rgb.shape[:2]
-            if h != w:
-                report.skip(p, f"aligned crops must be square, got {w}x{h}")
-                continue
-            m = crop_matrix_to_canvas(w)
-            faces[p] = Face(warp_to_canvas(rgb, m, cv2.INTER_CUBIC), ARCFACE_112 * CANVAS_SCALE + CANVAS_OFFSET)
+            try:
+                faces[p] = Face(crop_from_aligned(rgb), ARCFACE_112.astype(np.float64))
+            except MeerError as exc:
+                report.skip(p, str(exc))
         return faces
 
     cache = LandmarkCache(cache_dir / "landmarks.json" if cache_dir is not None else None)
@@ -163,10 +150,8 @@ def prepare_faces(data: EvalData, report: FolderReport, locator: Locator | None 
         if lm is None or isinstance(lm, str):
             report.skip(p, "no face found by meer's detector (failure to enrol)")
             continue
-        lm = np.asarray(lm, dtype=np.float64)
-        m = canvas_matrix(lm)
-        canvas_lm = lm @ m[:, :2].T + m[:, 2]
-        faces[p] = Face(warp_to_canvas(rgb, m), canvas_lm)
+        crop, crop_lm = crop_from_photo(rgb, np.asarray(lm, dtype=np.float64))
+        faces[p] = Face(crop, crop_lm)
     return faces
 
 
@@ -180,11 +165,11 @@ def _read(p: Path, report: FolderReport) -> np.ndarray | None:
 
 def synthetic_masks(faces: dict[Path, Face], keys: dict[Path, str], masker: Masker, seed: int,
                     progress: bool = True) -> dict[Path, tuple[np.ndarray, np.ndarray]]:
-    """``{path: (masked canvas, mask)}`` for every face, one fixed-seed synthetic mask each."""
+    """``{path: (masked crop, mask)}`` for every face, one fixed-seed synthetic mask each."""
     out = {}
     for p, face in tqdm(faces.items(), desc="synthetic masks", unit="img", disable=not progress):
-        masked, mask = masker(face.canvas, face.landmarks, image_seed(seed, keys[p]))
-        if masked.shape != face.canvas.shape or mask.shape != face.canvas.shape[:2]:
-            raise MeerError(f"masker returned shapes {masked.shape} / {mask.shape} for a {face.canvas.shape} canvas")
-        out[p] = (masked, mask)
+        masked, mask = masker(face.crop, face.landmarks, image_seed(seed, keys[p]))
+        if masked.shape != face.crop.shape or mask.shape != face.crop.shape[:2]:
+            raise MeerError(f"masker returned shapes {masked.shape} / {mask.shape} for a {face.crop.shape} crop")
+        out[p] = (np.asarray(masked, np.uint8), np.asarray(mask, bool))
     return out

@@ -11,9 +11,10 @@
   and of its horizontal flip (for Euclidean judges the mean, the same up to scale), and the 10 folds are contiguous
   (``KFold(10, shuffle=False)``).
 
-Faces are placed on the evaluation canvas as in the rest of the harness (meer's detector for photos, the known crop
-geometry for aligned crops) and scored by the same judges; restoration methods that need no mask (``meer``) are
-scored as ``restored`` (both sides restored). Every verification row gives 10-fold accuracy with its 95% bootstrap
+Faces are aligned into 112 ArcFace crops as in the rest of the harness (meer's detector for photos; aligned crops as
+they are) and scored by the same judges with the same pair scorer; restoration methods given no mask (``meer``) and
+the methods given their region (``telea-blind``) are scored as ``restored`` (both sides restored); oracle methods
+(given the ground-truth mask) have nothing to work from here and are skipped with a note. Every verification row gives 10-fold accuracy with its 95% bootstrap
 interval, AUC, EER, TAR at FAR 1e-2 / 1e-3 and FNMR at FMR100 / FMR1000.
 
 Bad input never stops the run where the rest can go on: a malformed pairs line, a pair naming a missing identity or
@@ -39,20 +40,21 @@ import numpy as np
 from meer.data.pairs import Pair, parse_pairs
 from meer.evaluation.cache import EmbeddingCache
 from meer.evaluation.dataset import EvalData, EvalImage, scan_eval_data
-from meer.evaluation.geometry import crop_matrix_to_canvas, warp_to_canvas
+from meer.evaluation.geometry import crop_from_aligned
 from meer.evaluation.judge import Judge
-from meer.evaluation.metrics import MetricError, verification_summary
+from meer.evaluation.keys import AS_IS, AS_IS_CONDITIONS, NO_METHOD, ScoreKey
+from meer.evaluation.methods import NOTHING, TRUTH, Restored, given_label
 from meer.evaluation.prepare import Face, prepare_faces
-from meer.evaluation.cells import accuracy_cell, pct, tar_cell
-from meer.faces.template import ARCFACE_112
+from meer.evaluation.scoring import PairScores, score_pairs
+from meer.evaluation.cells import accuracy_cell, mask_cell, pct, tar_cell
 from meer.utils.errors import MeerError
 from meer.utils.files import read_text
 from meer.utils.folder_report import FolderReport
 
 PROG = "meer-eval"
-SOURCE = "as-is"
+SOURCE = AS_IS
 #: conditions of a published-protocol run: the images as given, and both sides restored by a method
-AS_GIVEN, RESTORED = "as-given", "restored"
+AS_GIVEN, RESTORED = AS_IS_CONDITIONS
 #: problems printed to stderr one per line (all of them are in results.json)
 PRINT_LIMIT = 20
 
@@ -262,10 +264,10 @@ class PublishedOptions:
 
 @dataclass
 class _Set:
-    """What is scored: canvases per image id, pairs over image ids."""
+    """What is scored: 112 crops per image id, pairs over image ids."""
 
     name: str
-    canvases: dict[int, np.ndarray]
+    crops: dict[int, np.ndarray]
     labels: dict[int, str]  # image id -> printable entry (path or 'entry N')
     pairs: list[tuple[int, int, bool, int]]  # (image a, image b, same, fold)
     info: dict
@@ -277,14 +279,11 @@ class _Set:
 def _bin_set(path: Path) -> _Set:
     vb = read_verification_bin(path)
     folds = contiguous_folds(vb.pairs, 10)
-    canvases = {}
-    for i, im in enumerate(vb.images):
-        if im is not None:
-            canvases[i] = warp_to_canvas(im, crop_matrix_to_canvas(im.shape[0]), cv2.INTER_CUBIC)
+    crops = {i: crop_from_aligned(im) for i, im in enumerate(vb.images) if im is not None}
     pairs = [(2 * k, 2 * k + 1, bool(vb.issame[k]), int(folds[k])) for k in range(vb.pairs)]
     info = {"source": f"{path} (insightface verification .bin)", "total": vb.pairs, "resolved": vb.pairs,
             "folds": "10 contiguous folds (insightface verification.py)"}
-    return _Set(path.name, canvases, {i: f"entry {i}" for i in range(len(vb.images))}, pairs, info,
+    return _Set(path.name, crops, {i: f"entry {i}" for i in range(len(vb.images))}, pairs, info,
                 list(vb.problems), len(vb.images), sum(im is None for im in vb.images))
 
 
@@ -310,21 +309,21 @@ def _folder_set(opts: PublishedOptions) -> _Set:
     for p, why in enrol.skipped:
         problems.append(f"{p}: {why}")
     index = {p: i for i, p in enumerate(used)}
-    canvases = {index[p]: f.canvas for p, f in faces.items()}
+    crops = {index[p]: f.crop for p, f in faces.items()}
     scored = [(index[p.path_a], index[p.path_b], p.same, p.fold) for p in pairs]
-    return _Set(opts.data.name, canvases, {i: str(p) for p, i in index.items()}, scored, info, problems,
+    return _Set(opts.data.name, crops, {i: str(p) for p, i in index.items()}, scored, info, problems,
                 len(used), len(used) - len(faces))
 
 
-def _embed(judge: Judge, canvases: dict[int, np.ndarray], flip: bool, cache_dir: Path | None
+def _embed(judge: Judge, crops: dict[int, np.ndarray], flip: bool, cache_dir: Path | None
            ) -> tuple[dict[int, np.ndarray], int, int]:
     """Embedding per image id (image + flip combined when ``flip``); ids the judge cannot enrol are left out."""
     cache = EmbeddingCache(cache_dir, judge)
-    ids = list(canvases)
+    ids = list(crops)
     out: dict[int, np.ndarray] = {}
     for s in range(0, len(ids), 64):
         chunk = ids[s:s + 64]
-        batch = np.stack([canvases[i] for i in chunk])
+        batch = np.stack([crops[i] for i in chunk])
         res = cache.embed(batch)
         vecs, oks = [res.vectors], [res.ok]
         if flip:
@@ -338,29 +337,6 @@ def _embed(judge: Judge, canvases: dict[int, np.ndarray], flip: bool, cache_dir:
                 out[i] = np.mean(good, axis=0) if judge.metric == "euclidean" else np.sum(good, axis=0)
     cache.save()
     return out, cache.hits, cache.misses
-
-
-def _score(judge: Judge, emb: dict[int, np.ndarray], pairs: list[tuple[int, int, bool, int]], opts) -> tuple[dict, tuple | None]:
-    keep = [(a, b, s, f) for a, b, s, f in pairs if a in emb and b in emb]
-    images = {i for a, b, _, _ in pairs for i in (a, b)}
-    failed = {i for i in images if i not in emb}
-    row = {"pairs_total": len(pairs), "pairs_scored": len(keep), "pairs_excluded_fte": len(pairs) - len(keep),
-           "images": len(images), "fte_images": len(failed), "fte_rate": len(failed) / len(images) if images else 0.0}
-    if not keep:
-        row["error"] = "no pair could be scored"
-        return row, None
-    a = np.stack([emb[k[0]] for k in keep])
-    b = np.stack([emb[k[1]] for k in keep])
-    s = judge.pair_scores(a, b)
-    y = np.array([k[2] for k in keep], bool)
-    f = np.array([k[3] for k in keep])
-    try:
-        if np.unique(f).size < 2:
-            raise MetricError("fewer than 2 folds have scored pairs")
-        row.update(verification_summary(s, y, f, seed=opts.seed, bootstrap=opts.bootstrap))
-    except MetricError as exc:
-        row["error"] = str(exc)
-    return row, ((s, y) if y.any() and not y.all() else None)
 
 
 def run_published(opts: PublishedOptions, comp) -> dict:
@@ -382,26 +358,35 @@ def run_published(opts: PublishedOptions, comp) -> dict:
         log(q)
     if len(st.problems) > PRINT_LIMIT:
         log(f"... and {len(st.problems) - PRINT_LIMIT} more problems (all in results.json)")
-    if not st.canvases:
+    if not st.crops:
         raise MeerError(f"{opts.data}: no image could be read" + (f" ({st.problems[0]})" if st.problems else ""))
     log(f"{len(st.pairs)} pairs over {st.images_total} images" + (" (each embedded with its flip)" if flip else ""))
 
-    views = {(AS_GIVEN, "none"): st.canvases}
-    methods = ["none"]
-    for r in comp.restorers:
-        if r.name == "none":
+    ids = list(st.crops)
+    crops = np.stack([st.crops[i] for i in ids])
+    views = {(AS_GIVEN, NO_METHOD): st.crops}
+    regions: dict[str, np.ndarray] = {}
+    given_of = {NO_METHOD: NOTHING}
+    methods = [NO_METHOD]
+    for r in [r for r in comp.methods if r.given in (NOTHING, TRUTH)] + \
+             [r for r in comp.methods if r.given not in (NOTHING, TRUTH)]:
+        if r.name == NO_METHOD:
             continue
-        if r.uses_mask:
-            notes.append(f"method {r.name} skipped: it needs a mask region, and --as-is / .bin images come without one")
+        if r.given == TRUTH:
+            notes.append(f"method {r.name} skipped: it is given the ground-truth mask (an oracle), and --as-is / .bin "
+                         "images come without one")
             continue
-        ids = list(st.canvases)
-        empty = np.zeros((1, *next(iter(st.canvases.values())).shape[:2]), bool)
-        restored = {}
-        for s in range(0, len(ids), 64):
-            chunk = ids[s:s + 64]
-            out = r.restore(np.stack([st.canvases[i] for i in chunk]), np.repeat(empty, len(chunk), axis=0))
-            restored.update(zip(chunk, out))
-        views[(RESTORED, r.name)] = restored
+        if r.given != NOTHING and r.given not in regions:
+            notes.append(f"method {r.name} skipped: it is given the region method {r.given} replaced, and {r.given} "
+                         "did not run")
+            continue
+        given = None if r.given == NOTHING else regions[r.given]
+        parts = [r.restore(crops[s:s + 64], None if given is None else given[s:s + 64])
+                 for s in range(0, len(ids), 64)]
+        out = Restored(np.concatenate([q.crops for q in parts]), np.concatenate([q.regions for q in parts]))
+        regions[r.name] = out.regions
+        views[(RESTORED, r.name)] = dict(zip(ids, out.crops))
+        given_of[r.name] = r.given
         methods.append(r.name)
     for em in comp.embedding_methods:
         notes.append(f"method {em.name} skipped: embedding methods are scored against unmasked references; as-is "
@@ -410,19 +395,24 @@ def run_published(opts: PublishedOptions, comp) -> dict:
 
     rows, score_sets = [], {}
     for judge in comp.judges:
-        for (cond, m), canv in views.items():
-            emb, hits, misses = _embed(judge, canv, flip, opts.cache_dir)
-            row, sc = _score(judge, emb, st.pairs, opts)
-            rows.append({"source": SOURCE, "judge": judge.name, "condition": cond, "method": m, **row})
-            if sc is not None:
-                score_sets[(SOURCE, judge.name, cond, m)] = sc
+        for (cond, m), crops_of in views.items():
+            emb, hits, misses = _embed(judge, crops_of, flip, opts.cache_dir)
+            ps = score_pairs(judge, st.pairs, emb)  # both sides of a pair show the same view
+            key = ScoreKey(SOURCE, judge.name, cond, m)
+            row = ps.row(opts.seed, opts.bootstrap)
+            if not ps.scored:
+                row["error"] = "no pair could be scored"
+            rows.append({"source": SOURCE, "judge": judge.name, "condition": cond, "method": m,
+                         "oracle": False, "mask_given": given_label(given_of[m]), **row})
+            score_sets[key] = ps
             log(f"judge {judge.name}, {cond} [{m}]: {hits} cached, {misses} computed")
     results = {
         "protocol": "insightface verification .bin" if is_bin else "as-is pairs (LFW pairs.txt format)",
         "data": str(opts.data), "aligned": bool(is_bin or opts.aligned), "flip": flip,
         "identities_file": str(opts.identities) if opts.identities else None,
         "images": st.images_total, "images_failed": st.failed_images, "pairs": st.info,
-        "problems": st.problems, "seed": opts.seed, "sources": [SOURCE], "methods": methods,
+        "problems": st.problems, "seed": opts.seed, "space": "112 x 112 ArcFace crops", "sources": [SOURCE],
+        "methods": methods, "mask_given": {m: given_label(g) for m, g in given_of.items()},
         "embedding_methods": [], "judges": [j.name for j in comp.judges], "verification": rows, "notes": notes,
     }
     results["seconds"] = round(time.time() - t0, 1)
@@ -430,25 +420,12 @@ def run_published(opts: PublishedOptions, comp) -> dict:
     return results
 
 
-def write_published_outputs(results: dict, score_sets: dict, opts: PublishedOptions) -> None:
-    out = opts.out
-    figures = []
-    if opts.plots and score_sets:
-        from meer.evaluation.figures import histogram_figure, roc_figure
+def write_published_outputs(results: dict, score_sets: dict[ScoreKey, PairScores], opts: PublishedOptions) -> None:
+    from meer.evaluation.report import score_figures, write_scores
 
-        for jn in dict.fromkeys(k[1] for k in score_sets):
-            curves = {(c if m == "none" else f"{c} [{m}]"): v for (_, j, c, m), v in score_sets.items() if j == jn}
-            metric = "negative Euclidean distance" if "dlib" in jn else "cosine similarity"
-            roc = roc_figure(curves, f"ROC, {results['data']}, judge {jn}", out / f"roc_{SOURCE}_{jn}.png")
-            hist = histogram_figure(curves, f"scores, judge {jn}", metric, out / f"hist_{SOURCE}_{jn}.png")
-            figures.append({"judge": jn, "roc": roc.name, "hist": hist.name})
-    if score_sets:
-        arrays = {}
-        for (src, judge, cond, method), (sc, lab) in score_sets.items():
-            key = f"{src}|{judge}|{cond}|{method}"
-            arrays[key + "|scores"] = sc
-            arrays[key + "|genuine"] = lab
-        np.savez_compressed(out / "scores.npz", **arrays)
+    out = opts.out
+    figures = score_figures(score_sets, SOURCE, str(results["data"]), out) if opts.plots else []
+    write_scores(score_sets, out / "scores.npz")
     results["figures"] = {SOURCE: figures}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     (out / "report.md").write_text(render_published(results), encoding="utf-8")
@@ -473,19 +450,21 @@ def render_published(r: dict) -> str:
           "interval; TAR@FAR: true-accept rate at a false-accept rate of 1e-2 / 1e-3; FNMR@FMR100 / FMR1000 = 1 - "
           "TAR at FAR 1e-2 / 1e-3; FTE: share of images a judge could not enrol (their pairs are excluded). "
           "Conditions: as-given = the images exactly as given; restored = both sides restored by the method.", "",
-          "| judge | condition | method | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | TAR@FAR1e-3 % | "
-          "FNMR@FMR100 % | FNMR@FMR1000 % | pairs (gen/imp) | FTE % |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "| judge | condition | method | mask given | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | "
+          "TAR@FAR1e-3 % | FNMR@FMR100 % | FNMR@FMR1000 % | pairs (gen/imp) | FTE % |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     footnote = False
     for v in r["verification"]:
         if "accuracy" in v:
             (tar2, c2), (tar3, c3) = tar_cell(v, 1e-2), tar_cell(v, 1e-3)
             footnote |= c2 or c3
-            L.append(f"| {v['judge']} | {v['condition']} | {v['method']} | {accuracy_cell(v)} | {v['auc']:.3f} | "
+            L.append(f"| {v['judge']} | {v['condition']} | {v['method']} | {mask_cell(v)} | {accuracy_cell(v)} | "
+                     f"{v['auc']:.3f} | "
                      f"{pct(v['eer'])} | {tar2} | {tar3} | {pct(v['fmr100'])}{'*' if c2 else ''} | "
                      f"{pct(v['fmr1000'])}{'*' if c3 else ''} | {v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} |")
         else:
-            L.append(f"| {v['judge']} | {v['condition']} | {v['method']} | n/a ({v.get('error')}) | | | | | | | "
+            L.append(f"| {v['judge']} | {v['condition']} | {v['method']} | {mask_cell(v)} | n/a ({v.get('error')}) "
+                     "| | | | | | | "
                      f"{v['pairs_scored']} | {pct(v['fte_rate'])} |")
     if footnote:
         L += ["", "\\* fewer impostor pairs than 1/FAR: the rate is measured at zero false accepts (a bound)."]

@@ -1,9 +1,11 @@
-"""Pixel quality of restorations against the unmasked ground truth (synthetic masks only).
+"""Pixel quality of restorations against the unmasked ground truth (synthetic masks only), in crop space.
 
-SSIM (kornia, 11 px Gaussian window, map computed on the whole canvas) and PSNR (capped at 100 dB) over the whole
-face (the ArcFace crop region of the canvas) and over the masked region alone (SSIM map averaged over the mask; PSNR from the masked pixels' MSE). LPIPS is
-computed only with its real AlexNet trunk, i.e. when torchvision's weights are already in the local
-torch cache; a randomly initialised trunk would give numbers that mean nothing, so it is skipped.
+Restored and clean faces are the same 112 ArcFace crops the judges see. SSIM (kornia, 11 px Gaussian window, map
+computed on the whole crop) and PSNR (capped at 100 dB) over the whole face (the crop) and over the masked region
+alone (SSIM map averaged over the mask; PSNR from the masked pixels' MSE). ``region_agreement`` compares the region a
+method reports it replaced with the ground-truth mask. LPIPS is computed only with its real AlexNet trunk, i.e.
+when torchvision's weights are already in the local torch cache; a randomly initialised trunk would give numbers
+that mean nothing, so it is skipped.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import kornia
 import numpy as np
 import torch
 
-from meer.evaluation.geometry import face_region_mask
 from meer.utils.tensors import images_to_tensor
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
@@ -24,21 +25,20 @@ def _t(x: np.ndarray) -> torch.Tensor:
 
 
 def region_scores(restored: np.ndarray, clean: np.ndarray, masks: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
-    """Per image: ``psnr_face``, ``ssim_face``, ``psnr_mask``, ``ssim_mask`` (NaN where a mask is empty)."""
-    face = face_region_mask()
-    ys, xs = np.nonzero(face)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    """Per image of ``N x H x W x 3`` uint8 crops and ``N x H x W`` bool masks: ``psnr_face``, ``ssim_face`` (the
+    whole crop), ``psnr_mask``, ``ssim_mask`` (the masked region; NaN where a mask is empty)."""
+    if restored.shape != clean.shape or masks.shape != restored.shape[:3]:
+        raise ValueError(f"shapes differ: restored {restored.shape}, clean {clean.shape}, masks {masks.shape}")
     out = {k: [] for k in ("psnr_face", "ssim_face", "psnr_mask", "ssim_mask")}
     for s in range(0, len(restored), batch):
         r = _t(restored[s:s + batch])
         c = _t(clean[s:s + batch])
         m = torch.from_numpy(masks[s:s + batch].astype(np.float32))[:, None]
-        rf, cf = r[..., y0:y1, x0:x1], c[..., y0:y1, x0:x1]
         # PSNR capped at 100 dB (MSE floor 1e-10): an untouched face must not turn the mean into inf
-        mse_face = ((rf - cf) ** 2).mean(dim=(1, 2, 3))
+        mse_face = ((r - c) ** 2).mean(dim=(1, 2, 3))
         out["psnr_face"].append(10 * torch.log10(1.0 / mse_face.clamp_min(1e-10)))
         full_map = kornia.metrics.ssim(r, c, window_size=11).mean(dim=1, keepdim=True)  # B x 1 x H x W
-        out["ssim_face"].append(full_map[..., y0:y1, x0:x1].mean(dim=(1, 2, 3)))
+        out["ssim_face"].append(full_map.mean(dim=(1, 2, 3)))
         area = m.sum(dim=(1, 2, 3))
         mse = (((r - c) ** 2).mean(dim=1, keepdim=True) * m).sum(dim=(1, 2, 3)) / area.clamp_min(1)
         psnr_m = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
@@ -47,6 +47,22 @@ def region_scores(restored: np.ndarray, clean: np.ndarray, masks: np.ndarray, ba
         out["psnr_mask"].append(torch.where(empty, torch.nan, psnr_m))
         out["ssim_mask"].append(torch.where(empty, torch.nan, ssim_m))
     return {k: torch.cat(v).numpy().astype(np.float64) if v else np.zeros(0) for k, v in out.items()}
+
+
+def region_agreement(regions: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image, how the region a method replaced (``N x H x W`` bool) matches the ground-truth mask: ``iou``
+    (NaN where both are empty), ``share`` (replaced fraction of the crop), ``truth_covered`` (fraction of the mask
+    replaced; NaN where the mask is empty)."""
+    regions, truth = np.asarray(regions, bool), np.asarray(truth, bool)
+    if regions.shape != truth.shape:
+        raise ValueError(f"shapes differ: regions {regions.shape}, truth {truth.shape}")
+    inter = (regions & truth).reshape(len(regions), -1).sum(axis=1).astype(np.float64)
+    union = (regions | truth).reshape(len(regions), -1).sum(axis=1).astype(np.float64)
+    area = truth.reshape(len(truth), -1).sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"iou": np.where(union > 0, inter / union, np.nan),
+                "share": regions.reshape(len(regions), -1).mean(axis=1),
+                "truth_covered": np.where(area > 0, inter / area, np.nan)}
 
 
 def photo_region_errors(image: np.ndarray, clean: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -67,7 +83,7 @@ def lpips_trunk_available() -> bool:
 
 
 class LpipsScorer:
-    """LPIPS (AlexNet) on the ArcFace crop region; construct only when ``lpips_trunk_available()``."""
+    """LPIPS (AlexNet) on the 112 crops; construct only when ``lpips_trunk_available()``."""
 
     def __init__(self, device: str | torch.device = "cpu"):
         import lpips
@@ -77,11 +93,10 @@ class LpipsScorer:
 
     @torch.no_grad()
     def __call__(self, restored: np.ndarray, clean: np.ndarray, batch: int = 32) -> np.ndarray:
-        a = 28
         out = []
         for s in range(0, len(restored), batch):
-            r = _t(restored[s:s + batch, a:-a, a:-a]).to(self.device) * 2 - 1
-            c = _t(clean[s:s + batch, a:-a, a:-a]).to(self.device) * 2 - 1
+            r = _t(restored[s:s + batch]).to(self.device) * 2 - 1
+            c = _t(clean[s:s + batch]).to(self.device) * 2 - 1
             out.append(self.net(r, c).flatten().cpu())
         return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
