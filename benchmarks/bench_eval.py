@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from meer.cli.eval import main as meer_eval  # noqa: E402
 from meer.data.splits import shared_data_root  # noqa: E402
-from meer.evaluation.report import accuracy_cell, gap_cell, pct  # noqa: E402
+from meer.evaluation.cells import accuracy_cell, gap_cell, mask_cell, pct  # noqa: E402
 
 RUNS = {
     "lfw": ("faces/lfw", "splits/lfw_eval_identities.txt"),
@@ -36,16 +36,18 @@ def summarize(name: str, res: dict) -> list[str]:
     L.append(f"meer's detector enrolled {e['images_with_face']} of {res['images']} images "
              f"(detector FTE {pct(e['fte_rate_detector'])}%). Run time {res['seconds']} s.")
     L.append("")
-    L += ["| masks | judge | condition | method | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | pairs gen/imp | FTE % | gap recovered |",
-          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    L += ["Mask given: *oracle* rows had the ground-truth mask (synthetic masks only), *blind* rows did not (meer "
+          "predicts the region itself, telea-blind inpaints the region meer replaced).", "",
+          "| masks | judge | condition | method | mask given | accuracy % (95% CI) | AUC | EER % | TAR@FAR1e-2 % | pairs gen/imp | FTE % | gap recovered |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in res["verification"]:
         if v["condition"].startswith("restored") and v["method"] == "none":
             continue  # identical to the masked rows
         if "accuracy" not in v:
-            L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | n/a ({v.get('error')}) "
-                     f"| | | | {v['pairs_scored']} | {pct(v['fte_rate'])} | |")
+            L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {mask_cell(v)} | "
+                     f"n/a ({v.get('error')}) | | | | {v['pairs_scored']} | {pct(v['fte_rate'])} | |")
             continue
-        L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {accuracy_cell(v)} | "
+        L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {mask_cell(v)} | {accuracy_cell(v)} | "
                  f"{v['auc']:.3f} | {pct(v['eer'])} | {pct(v['tar_at_far_1e-2'])} | "
                  f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_cell(v)} |")
     L += ["", "| masks | judge | probes | rank-1 % (95% CI) | probes scored |", "|---|---|---|---|---|"]
@@ -55,16 +57,17 @@ def summarize(name: str, res: dict) -> list[str]:
                 L.append(f"| {x['source']} | {x['judge']} | {k} (gallery {x['gallery']}) | {pct(v['rank1'])} "
                          f"({pct(v['rank1_ci95'][0])}-{pct(v['rank1_ci95'][1])}) | {v['probes_scored']} |")
     if res["quality"]:
-        L += ["", "| synthetic masks: method | PSNR face dB | SSIM face | PSNR mask dB | SSIM mask | judge cosine restored vs clean | dlib distance restored vs clean |",
-              "|---|---|---|---|---|---|---|"]
+        L += ["", "| synthetic masks: method | mask given | replaced % / IoU with mask | PSNR crop dB | SSIM crop | PSNR mask dB | SSIM mask | judge cosine restored vs clean | dlib distance restored vs clean |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for q in res["quality"]:
             cos = ", ".join(f"{k[7:]} {q[k]:.3f}" for k in q if k.startswith("cosine_"))
             dist = ", ".join(f"{k[9:]} {q[k]:.3f}" for k in q if k.startswith("distance_dlib"))
-            L.append(f"| {q['method']} | {q['psnr_face']:.2f} | {q['ssim_face']:.3f} | {q['psnr_mask']:.2f} | "
-                     f"{q['ssim_mask']:.3f} | {cos} | {dist} |")
+            region = (f"{pct(q['region_share'])} / {q['region_iou']:.3f}" if q.get("region_iou") is not None else "")
+            L.append(f"| {q['method']} | {mask_cell(q)} | {region} | {q['psnr_face']:.2f} | {q['ssim_face']:.3f} | "
+                     f"{q['psnr_mask']:.2f} | {q['ssim_mask']:.3f} | {cos} | {dist} |")
     if res["detectability"]:
         cols = list(dict.fromkeys(k for d in res["detectability"] for k in d if k not in ("source", "images")))
-        L += ["", "| masks | dlib HOG finds the face again: " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        L += ["", "| masks | dlib HOG finds the face in the crop: " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for d in res["detectability"]:
             L.append(f"| {d['source']} ({d['images']} faces) | " + " | ".join(
                 f"{pct(d[k])}%" if k in d else "n/a" for k in cols) + " |")
