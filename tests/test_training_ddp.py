@@ -1,6 +1,6 @@
 """Training on several processes (gloo, CPU): ``torchrun`` on one node and on two "nodes" (two separate
 ``torchrun`` launches that meet through torchrun's own static rendezvous), resuming on another number
-of processes, and the per-rank data order.
+of processes, the per-rank data order, and the data-wait statistics of the loop.
 
 Every multi-process run is compared with one process training the same global batch of 4
 (:func:`assert_same_training`). What makes the runs comparable, and what the test config switches off:
@@ -31,7 +31,7 @@ from meer.config import load_config
 from meer.training import loop
 from meer.training.checkpoint import load_state
 from meer.training.config import TrainConfig
-from meer.training.sampler import ResumableBatchSampler
+from meer.training.sampler import DataStream, ResumableBatchSampler
 from meer.utils.errors import MeerError
 
 from test_training_loop import make_identity_folders  # noqa: E402  (tests/ is on sys.path under pytest)
@@ -118,7 +118,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_launchers(commands: list[tuple[list[str], Path]], logs: Path, timeout: float = 240) -> None:
+def run_launchers(commands: list[tuple[list[str], Path]], logs: Path, timeout: float = 480) -> None:
     """Start every ``(command, cwd)`` at once (each in its own session), wait for all; on a failure or
     a timeout stop the ones still running (by their process group) and show the logs."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -282,3 +282,30 @@ def test_sampler_sees_every_sample_at_most_once_and_drops_the_remainder(world):
     if world > 1:
         with pytest.raises(MeerError, match="divisible"):
             ResumableBatchSampler(100, world + 1, seed=0, world_size=world)
+
+
+def test_data_wait_is_logged_per_step_and_as_a_share(dataset, reference, tmp_path, monkeypatch):
+    """``train/data_wait_s`` (seconds per step in ``stream.next()``) and ``train/data_wait_share`` (its share
+    of the step's time): on every logged step, the share in [0, 1], the wait between 0 and the step's wall
+    time (global batch / throughput); a loader made 0.3 s slower shows up in both."""
+    def check(rec):
+        assert 0.0 <= rec["train/data_wait_share"] <= 1.0
+        assert 0.0 <= rec["train/data_wait_s"] <= 4 / rec["train/throughput_img_s"]  # global batch 4, logged every step
+
+    for rec in stats(reference):
+        check(rec)
+    real_next = DataStream.next
+
+    def slow_next(self):
+        time.sleep(0.3)
+        return real_next(self)
+
+    monkeypatch.setattr(DataStream, "next", slow_next)
+    cfg = load_config(TrainConfig, TINY, [f"data.roots=[{dataset}]", *OVERRIDES, f"runs_dir={tmp_path}"])
+    result = loop.train(cfg, run_dir=tmp_path / "slow")
+    slow = stats(result.run_dir)
+    assert [r["step"] for r in slow] == [1, 2]
+    for rec, ref in zip(slow, stats(reference)):
+        check(rec)
+        assert rec["train/data_wait_s"] >= 0.3 and rec["train/data_wait_share"] > ref["train/data_wait_share"]
+    assert "data_wait=" in (result.run_dir / "log.txt").read_text()

@@ -14,6 +14,16 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 
+#: ``stats.jsonl`` keys (last path part) holding wall-clock measurements: they differ between otherwise
+#: identical runs (a resumed run and a straight one), so comparisons of runs leave them out
+WALL_CLOCK_KEYS = frozenset({"time", "throughput_img_s", "data_wait_s", "data_wait_share"})
+
+
+def without_wall_clock(record: dict) -> dict:
+    """A ``stats.jsonl`` record without its wall-clock values (:data:`WALL_CLOCK_KEYS`)."""
+    return {k: v for k, v in record.items() if k.rsplit("/", 1)[-1] not in WALL_CLOCK_KEYS}
+
+
 class RunLogger:
     def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True):
         self.run_dir = Path(run_dir) if run_dir is not None else None

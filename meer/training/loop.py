@@ -4,7 +4,7 @@ checkpoint, export.
 Read top to bottom: :func:`train` checks data and builds everything before the first step (so bad
 configs and missing data stop at once with one line), then each step is
 
-    raw = stream.next()                             # resumable data order
+    raw = stream.next()                             # resumable data order (timed: data wait)
     batch = task.make_batch(raw, aug_gen)           # device + on-device masking, own generator
     stats = task.train_step(batch, step, nimg)      # the task's optimisation step
     log / grid / validate / checkpoint when due
@@ -22,6 +22,11 @@ of the whole global batch, so a checkpoint resumes on any world size that divide
 continues with the same samples in the same order; the change is logged. A config whose global batch
 differs from the checkpoint's is refused (one line): the saved data position counts global batches.
 Only rank 0 writes (log, stats, grids, checkpoints, export); every rank reads the checkpoint to resume.
+
+Data wait: the time a step spends in ``stream.next()`` (waiting for the loader) against the time of the
+whole step (fetch, ``make_batch``, ``train_step``) is logged as ``train/data_wait_s`` (seconds per step,
+mean over the logging window) and ``train/data_wait_share`` (running share since this process started),
+both averaged over the ranks; a share near 1 means the loader, not the model, sets the pace.
 """
 from __future__ import annotations
 
@@ -172,13 +177,19 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
     bar = tqdm(total=end_step, initial=start_step, desc="meer-train", unit="step", dynamic_ncols=True,
                disable=not (info.is_main and cfg.log.progress), file=sys.stderr)
     window_t, window_img = time.perf_counter(), 0
+    wait_window = steps_window = 0  # seconds waiting for batches and steps, since the last log line
+    wait_total = spent_total = 0.0  # seconds waiting for batches / in steps, since this process started
     t_start = time.perf_counter()
     global_batch = data.batch_size
     final_step = start_step
     for step in range(start_step + 1, end_step + 1):
-        batch = task.make_batch(stream.next(), aug_gen)
+        t_fetch = time.perf_counter()
+        raw = stream.next()
+        t_data = time.perf_counter()
+        batch = task.make_batch(raw, aug_gen)
         try:
             stats = task.train_step(batch, step, step * global_batch)
+            t_done = time.perf_counter()
         except NonFiniteLoss as exc:
             where = f"; last good checkpoint: {last_ckpt}" if last_ckpt else "; no checkpoint was saved yet"
             log.info(f"training stopped: {exc}{where}")
@@ -188,6 +199,10 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
         if stats.get("skipped"):
             log.info(f"step {step}: non-finite loss or gradient under fp16 AMP, step skipped "
                      f"(GradScaler scale now {stats.get('amp_scale')})")
+        wait_window += t_data - t_fetch
+        steps_window += 1
+        wait_total += t_data - t_fetch
+        spent_total += t_done - t_fetch
         window_img += global_batch
         bar.update(1)
         final_step = step
@@ -197,14 +212,17 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
 
         if cfg.log.every and (step % cfg.log.every == 0 or is_last):
             now = time.perf_counter()
+            stats["data_wait_s"] = wait_window / max(steps_window, 1)
+            stats["data_wait_share"] = wait_total / spent_total if spent_total > 0 else 0.0
             stats = dd.mean_scalars(stats, info)
             stats["throughput_img_s"] = window_img / max(now - window_t, 1e-9)
             stats["epoch"] = stream.epoch
             window_t, window_img = now, 0
+            wait_window = steps_window = 0
             log.scalars(step, stats, prefix="train/")
             log.info(f"step {step}/{cfg.total_steps} " + " ".join(
                 f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in stats.items() if k.startswith("loss/")) +
-                f" img/s={stats['throughput_img_s']:.1f}", console=False)
+                f" img/s={stats['throughput_img_s']:.1f} data_wait={stats['data_wait_share']:.0%}", console=False)
             bar.set_postfix(loss=f"{stats.get('loss/total', float('nan')):.3f}")
         if info.is_main and cfg.log.grid_every and (step % cfg.log.grid_every == 0 or is_last):
             rows = task.grid(batch, cfg.log.grid_images)
