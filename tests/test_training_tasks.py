@@ -19,6 +19,7 @@ from torch import nn
 from meer.config import load_config
 from meer.training import loop
 from meer.training.checkpoint import load_state
+from meer.training.logging import without_wall_clock
 from meer.training.config import Task as TaskLiteral
 from meer.training.config import TrainConfig
 from meer.training.task import NonFiniteLoss, Task, TaskData, build_schedulers, scaled_step, step_schedulers
@@ -48,7 +49,7 @@ def assert_same_training_state(a_path: Path, b_path: Path) -> None:
 
 def logged(run_dir: Path) -> list[dict]:
     recs = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time" and "throughput" not in k} for r in recs]
+    return [without_wall_clock(r) for r in recs]
 
 
 def resume_matches_straight_run(make_cfg, tmp_path: Path, steps: int, min_tensors: int) -> None:
