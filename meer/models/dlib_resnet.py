@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from meer.models.dlib_dat import BLOCKS, EMBED_DIM, INPUT_SIZE, STEM_CHANNELS, read_dlib_dat
-from meer.utils.dlib_models import RESNET, dlib_model_path
+from meer.utils.dlib_models import RESNET, dlib_model_dir, dlib_model_path
 from meer.utils.errors import MeerError
 from meer.utils.files import atomic_write_bytes
 from meer.utils.torch_files import load_weights_only
@@ -159,7 +159,20 @@ def cached_state_dict(dat_path: str | Path | None = None, cache_dir: str | Path 
     """The state dict of ``dat_path`` (default: the installed dlib model), converted once and cached as
     ``<cache>/dlib_resnet_v1-<sha1 of the .dat>-f<format>.pt`` (written atomically; loaded with
     ``weights_only=True``). An unreadable cache file is converted again; an unwritable cache folder
-    only costs the conversion next time."""
+    only costs the conversion next time.
+
+    Without the installed model package (a machine that got only a converted file, e.g. the GPU pack of
+    ``benchmarks/device``), the one converted ``dlib_resnet_v1-*-f<format>.pt`` in the cache folder is used."""
+    if dat_path is None and dlib_model_dir() is None:
+        found = sorted(cache_root(cache_dir).glob(f"dlib_resnet_v1-*-f{CACHE_FORMAT}.pt"))
+        if len(found) == 1:
+            state = load_weights_only(found[0], what="cached dlib ResNet")
+            if isinstance(state, dict) and state:
+                return state
+            raise MeerError(f"{found[0]}: not a dlib ResNet state dict")
+        if len(found) > 1:
+            raise MeerError(f"{len(found)} converted dlib ResNet files in {found[0].parent} and no dlib model "
+                            f"package to choose by: keep one ({', '.join(f.name for f in found[:3])})")
     dat = Path(dat_path) if dat_path is not None else dlib_model_path(RESNET)
     if not dat.is_file():
         raise MeerError(f"dlib model file not found: {dat}")
