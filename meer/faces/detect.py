@@ -15,7 +15,8 @@ therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
   optional ``judge`` extra) for boxes and places the 5 landmarks with MTCNN's ONet on those boxes.
 
 ``detect`` always returns one (possibly empty) list of :class:`FaceDetection` per image, never
-``None`` or object arrays.
+``None`` or object arrays. The cascade runs through :mod:`meer.faces.mtcnn` (facenet-pytorch's ``detect_face``
+with its slow CPU max-pools and per-box crop dispatch replaced; bit-identical results, ~1.5x faster).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from meer.faces.detection import FaceDetection, largest  # noqa: F401 (their old home; re-exported)
+from meer.faces.mtcnn import detect_faces, fast_nets
 from meer.faces.plausibility import PlausibilityLimits, plausible
 from meer.utils.device import resolve_device  # noqa: F401 (also imported from here)
 from meer.utils.errors import MeerError
@@ -117,11 +119,12 @@ class FaceDetector:
 
             mtcnn_module = MTCNN(device=self.device)
         self.mtcnn = mtcnn_module.to(self.device).eval()
+        self.nets = fast_nets(self.mtcnn)  # P-, R-, O-Net with the fast max-pools (same weights, same results)
         self.fallback = None
         if fallback == "dlib":
             from meer.faces.fallback import load_dlib_fallback
 
-            self.fallback = load_dlib_fallback(self.mtcnn.onet, self.device, upsample=fallback_upsample)
+            self.fallback = load_dlib_fallback(self.nets[2], self.device, upsample=fallback_upsample)
         elif fallback is not None:
             raise MeerError(f"unknown fallback detector {fallback!r} (use 'dlib' or None)")
 
@@ -158,25 +161,21 @@ class FaceDetector:
     @torch.no_grad()
     def _mtcnn_batch(self, arrays: list[np.ndarray], pad: float, min_face_size: int,
                      thresholds: tuple[float, ...]) -> list[list[FaceDetection]]:
-        from facenet_pytorch.models.utils.detect_face import detect_face
-
         h, w = arrays[0].shape[:2]
         p = int(round(pad * max(h, w)))
+        if min(h, w) + 2 * p < min_face_size:  # smaller than MTCNN's first pyramid level
+            return [[] for _ in arrays]
         batch = torch.from_numpy(np.stack(arrays)).to(self.device)  # B x H x W x 3 uint8
         if p > 0:
             fill = batch.float().mean(dim=(1, 2), keepdim=True)  # each image's mean colour
             padded = fill.expand(len(arrays), h + 2 * p, w + 2 * p, 3).clone()
             padded[:, p:p + h, p:p + w] = batch.float()
             batch = padded
-        if min(h, w) + 2 * p < min_face_size:  # smaller than MTCNN's first pyramid level
-            return [[] for _ in arrays]
-        boxes, points = detect_face(batch, min_face_size, self.mtcnn.pnet, self.mtcnn.rnet,
-                                    self.mtcnn.onet, list(thresholds), self.factor, self.device)
+        boxes, points = detect_faces(batch, min_face_size, self.nets, list(thresholds), self.factor, self.device)
         out = []
         for bx, pt in zip(boxes, points):
             dets = []
-            for b, lm in zip(np.asarray(bx, dtype=np.float32).reshape(-1, 5),
-                             np.asarray(pt, dtype=np.float32).reshape(-1, 5, 2)):
+            for b, lm in zip(bx, pt):
                 box = b[:4] - p
                 cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
                 if not (0 <= cx < w and 0 <= cy < h):  # a "face" in the padding
