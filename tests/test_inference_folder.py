@@ -105,3 +105,33 @@ def test_interrupted_run_still_writes_a_summary(crops, tmp_path, monkeypatch):
     doc = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert doc["run"]["complete"] is False
     assert [p["path"] for p in doc["photos"]] == ["face.png"]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.startswith("summary.")}
+
+
+def test_threaded_io_writes_the_same_files_as_one_thread(crops, tmp_path):
+    """Decoding ahead and writing behind in threads changes nothing in what is written, nor the summary's rows."""
+    (crops / "sub").mkdir()
+    for i in range(5):  # more photos than a batch, some passed through (white), one unreadable, one not an image
+        Image.open(crops / "face.png").rotate(3 * i).save(crops / "sub" / f"r{i}.jpg", quality=90)
+    (crops / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (crops / "notes.txt").write_text("x")
+    for min_occ in (0.05, 0.5):  # every face restored / every face passed through (photos copied byte for byte)
+        runs = {}
+        for threads in (0, 2):
+            runs[threads] = restore_folder(crops, tmp_path / f"out{threads}_{min_occ}",
+                                           restorer(batch_size=3, min_occlusion=min_occ), progress=False,
+                                           io_threads=threads)
+        one, two = tmp_path / f"out0_{min_occ}", tmp_path / f"out2_{min_occ}"
+        assert _files(one) == _files(two) and len(_files(one)) == 8 + 4 * 8
+        rows = {t: [(r.path, r.status, r.reason, r.output, [{k: v for k, v in f.items() if k != "seconds"}
+                                                           for f in r.faces]) for r in run.records]
+                for t, run in runs.items()}
+        assert rows[0] == rows[2]
+        assert [r[1] for r in rows[0]].count("unreadable") == 2
+        assert runs[2].totals["faces_restored"] == (8 if min_occ < 0.5 else 0)
+    for name in ("face.png", "gray.png", "sub/r1.jpg"):
+        assert (two / "restored_imgs" / name).read_bytes() == (crops / name).read_bytes()

@@ -214,6 +214,40 @@ def test_aligned_crops_skip_detection(photo):
     assert res.rgb.shape == (160, 160, 3) and changed_pixels(big.rgb, res.rgb)[:60].sum() == 0
 
 
+def test_only_restored_faces_are_embedded_again(photo):
+    """The identity cosine (masked vs restored) needs a second encoder pass: it runs only on the faces that are
+    restored, and gives what embedding every face gave."""
+    crops = [np.array(Image.fromarray(photo.rgb[40 + k:200 + k, 48:208]).resize((112, 112))) for k in range(3)]
+    crops[1] = np.full((112, 112, 3), 128, np.uint8)  # a flat crop: predicted unoccluded, passed through
+    model = tiny_meer()
+    seen = {}
+    model.encoder.register_forward_pre_hook(lambda mod, inp: seen.update(x=inp[0]))
+    occluded = torch.full((1, 1, 112, 112), -20.0)
+    occluded[0, 0][torch.from_numpy(lower_face())] = 20.0
+
+    def steer_by_content(mod, inp, out):  # the lower face of every crop that is not flat
+        flat = seen["x"].flatten(1).std(dim=1) < 1e-3
+        return torch.where(flat[:, None, None, None], torch.full_like(out, -20.0), occluded.to(out).expand_as(out))
+
+    model.decoupling.occ_head.register_forward_hook(steer_by_content)
+    embedded = []
+    real_embed = model.embed
+    model.embed = lambda images, **kw: embedded.append(images.shape[0]) or real_embed(images, **kw)
+    restorer = Restorer(model, None, aligned=True, batch_size=3)
+    res = restorer.restore_images([decode_image(encode_image(c, ".png")) for c in crops])
+    assert [r.faces[0].status for r in res] == ["restored", "passthrough", "restored"]
+    assert embedded == [2]
+    assert res[1].faces[0].id_cosine is None
+    with torch.inference_mode():  # what embedding all three gave
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
+        out = model(x)
+        cos = torch.nn.functional.cosine_similarity(out.embedding, real_embed(out.restored.clamp(0, 1)), dim=1)
+    assert [r.faces[0].id_cosine for r in res[::2]] == pytest.approx(cos[::2].tolist(), abs=1e-5)
+    none = Restorer(steer(tiny_meer(), None), None, aligned=True)
+    none.model.embed = lambda images, **kw: pytest.fail("no face to restore: nothing to embed")
+    assert none.restore_image(decode_image(encode_image(crops[0], ".png"))).faces[0].status == "passthrough"
+
+
 def test_bf16_runs_and_stays_close(photo, detector):
     model = steer(tiny_meer(), lower_face())
     a = Restorer(model, detector).restore_image(photo)

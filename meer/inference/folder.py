@@ -15,10 +15,13 @@ through are copied byte for byte.
 """
 from __future__ import annotations
 
+import os
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -95,10 +98,21 @@ def face_keys(rel_paths: list[Path]) -> dict[Path, str]:
             for rel in rel_paths}
 
 
+def io_threads_default() -> int:
+    """Threads decoding photos ahead of the model (one more thread writes the outputs, in order)."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
 def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Restorer, *, overwrite: bool = False,
                    progress: bool = True, run_info: dict[str, Any] | None = None,
-                   on_record: Callable[[PhotoRecord], None] | None = None) -> FolderRun:
-    """Restore every image under ``input_path`` into ``output_dir`` (layout above) and write the summary."""
+                   on_record: Callable[[PhotoRecord], None] | None = None,
+                   io_threads: int | None = None) -> FolderRun:
+    """Restore every image under ``input_path`` into ``output_dir`` (layout above) and write the summary.
+
+    Reading and decoding run ahead in ``io_threads`` threads (default :func:`io_threads_default`) and one more
+    thread encodes and writes the outputs, photo after photo in input order, while this thread detects, aligns,
+    runs the model and pastes (decoding, encoding and file writes release the GIL). ``io_threads=0`` does all of
+    it here, one step after the other: the same files come out (``tests/test_inference_folder.py``)."""
     out = check_output(input_path, output_dir, overwrite)
     root, files = list_inputs(input_path)
     rels = [p.relative_to(root) for p in files]
@@ -108,43 +122,74 @@ def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Res
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(files), unit="photo", desc="meer-restore", disable=not progress, dynamic_ncols=True)
+    n_threads = io_threads_default() if io_threads is None else int(io_threads)
+    reader = _Worker(n_threads, "meer-read")
+    writer = _Worker(1 if n_threads > 0 else 0, "meer-write")
+    items = list(zip(files, rels))
+    window = 2 * restorer.batch_size  # photos decoded ahead
+    reads: deque[Future] = deque()
+    writes: deque[Future] = deque()
+    next_item = 0
     n_faces = 0
     complete = False
+
+    def read_ahead() -> None:
+        nonlocal next_item
+        while next_item < len(items) and len(reads) < window:
+            path, rel = items[next_item]
+            next_item += 1
+            reads.append(reader.submit(_timed_read, path, rel, restorer))
+
+    def finish(rec: PhotoRecord) -> None:
+        nonlocal n_faces
+        records.append(rec)
+        n_faces += len(rec.faces)
+        bar.update(1)
+        bar.set_postfix(faces=n_faces, refresh=False)
+        if on_record:
+            on_record(rec)
+
+    def collect_writes(keep: int) -> None:
+        """Take the finished writes off the front (in input order); wait while more than ``keep`` are queued."""
+        while writes and (writes[0].done() or len(writes) > keep):
+            rec, dt = writes.popleft().result()
+            timings["write"] += dt
+            finish(rec)
+
     try:
-        for chunk in _chunks(list(zip(files, rels)), restorer.batch_size):
+        read_ahead()
+        while reads:
+            chunk = [reads.popleft() for _ in range(min(restorer.batch_size, len(reads)))]
+            read_ahead()  # the next photos decode while this batch is restored
             loaded: list[tuple[Path, Path, LoadedImage, float]] = []
-            for path, rel in chunk:
-                t0 = time.perf_counter()
-                rec = _read(path, rel, restorer)
-                dt = time.perf_counter() - t0
+            for fut in chunk:
+                path, rel, got, dt = fut.result()
                 timings["read"] += dt
-                if isinstance(rec, PhotoRecord):
-                    rec.seconds = dt
-                    records.append(rec)
-                    bar.update(1)
-                    if on_record:
-                        on_record(rec)
+                if isinstance(got, PhotoRecord):
+                    got.seconds = dt
+                    finish(got)
                 else:
-                    loaded.append((path, rel, rec, dt))
+                    loaded.append((path, rel, got, dt))
             for (path, rel, image, read_s), result in zip(loaded, _restore(restorer, [x[2] for x in loaded])):
-                t0 = time.perf_counter()
-                rec = _write(out, path, rel, keys[rel], image, result, overwrite)
-                dt = time.perf_counter() - t0
-                timings["write"] += dt
                 if isinstance(result, RestoreResult):
                     for k, v in result.timings.items():
                         timings[k] += v
-                    rec.seconds = read_s + result.seconds + dt
-                else:
-                    rec.seconds = read_s
-                records.append(rec)
-                n_faces += len(rec.faces)
-                bar.update(1)
-                bar.set_postfix(faces=n_faces, refresh=False)
-                if on_record:
-                    on_record(rec)
+                writes.append(writer.submit(_timed_write, out, path, rel, keys[rel], image, result, overwrite,
+                                            read_s))
+            collect_writes(keep=window)
+        collect_writes(keep=0)
         complete = True
     finally:  # also after Ctrl-C or a crash: leave a summary of what was done ("complete": false)
+        reader.close()
+        if not complete:  # what was handed to the writer is written: list it
+            while writes:
+                try:
+                    rec, dt = writes.popleft().result()
+                except Exception:  # noqa: BLE001 - the error that stopped the run is the one reported
+                    continue
+                timings["write"] += dt
+                finish(rec)
+        writer.close()
         bar.close()
         seconds = time.perf_counter() - start
         order = {str(rel): i for i, rel in enumerate(rels)}
@@ -161,9 +206,37 @@ def restore_folder(input_path: str | Path, output_dir: str | Path, restorer: Res
     return FolderRun(output=out, records=records, seconds=seconds, timings=timings)
 
 
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+class _Worker:
+    """A thread pool, or (``threads=0``) a stand-in that runs each job at once in the calling thread."""
+
+    def __init__(self, threads: int, name: str):
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name) if threads > 0 else None
+
+    def submit(self, fn: Callable, *args) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        fut: Future = Future()
+        fut.set_result(fn(*args))
+        return fut
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _timed_read(path: Path, rel: Path, restorer: Restorer) -> tuple[Path, Path, LoadedImage | PhotoRecord, float]:
+    t0 = time.perf_counter()
+    got = _read(path, rel, restorer)
+    return path, rel, got, time.perf_counter() - t0
+
+
+def _timed_write(out: Path, path: Path, rel: Path, key: str, image: LoadedImage, result: RestoreResult | Exception,
+                 overwrite: bool, read_s: float) -> tuple[PhotoRecord, float]:
+    t0 = time.perf_counter()
+    rec = _write(out, path, rel, key, image, result, overwrite)
+    dt = time.perf_counter() - t0
+    rec.seconds = read_s + result.seconds + dt if isinstance(result, RestoreResult) else read_s
+    return rec, dt
 
 
 def _read(path: Path, rel: Path, restorer: Restorer) -> LoadedImage | PhotoRecord:

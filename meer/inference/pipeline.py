@@ -239,15 +239,29 @@ class Restorer:
         aligned = align_face(rgb, face["landmarks"], size=self.crop_size)
         return {"crop": np.ascontiguousarray(aligned.crop), "matrix": np.asarray(aligned.matrix, np.float64)}
 
+    def _restores(self, occlusion: float) -> bool:
+        """Whether a face with this predicted occluded fraction is restored (else passed through unchanged)."""
+        return occlusion >= self.min_occlusion and occlusion > 0
+
     @torch.inference_mode()
     def _run_model(self, crops: np.ndarray) -> dict[str, list]:
         x = images_to_tensor(crops, self.device)
         with autocast(self.device, self.dtype):
             out = self.model(x)
             restored = out.restored.float().clamp(0.0, 1.0)
-            emb_restored = self.model.embed(restored)
         occ = out.occ_map.float().clamp(0.0, 1.0)
-        cos = F.cosine_similarity(out.embedding.float(), emb_restored.float(), dim=1)
+        occlusion = (occ > self.threshold).float().mean(dim=(1, 2, 3)).cpu().tolist()
+        # the identity cosine masked vs restored is reported for restored faces only: faces passed through are not
+        # embedded a second time (a whole encoder pass each)
+        cos: list[float | None] = [None] * len(crops)
+        keep = [i for i, frac in enumerate(occlusion) if self._restores(frac)]
+        if keep:
+            idx = torch.tensor(keep, device=restored.device)
+            with autocast(self.device, self.dtype):
+                emb_restored = self.model.embed(restored[idx])
+            sims = F.cosine_similarity(out.embedding[idx].float(), emb_restored.float(), dim=1).cpu().tolist()
+            for i, c in zip(keep, sims):
+                cos[i] = c
         # the pixels the model actually replaced (its binarised, dilated map), feathered inwards
         changed = getattr(out, "composite_mask", None)
         changed = (occ > self.threshold).float() if changed is None else changed.float()
@@ -258,15 +272,15 @@ class Restorer:
             "restored": list(restored_u8.permute(0, 2, 3, 1).cpu().numpy()),
             "occ_map": list(occ[:, 0].cpu().numpy()),
             "region": list(region[:, 0].cpu().numpy()),
-            "occlusion": (occ > self.threshold).float().mean(dim=(1, 2, 3)).cpu().tolist(),
-            "id_cosine": cos.cpu().tolist(),
+            "occlusion": occlusion,
+            "id_cosine": cos,
         }
 
     def _compose(self, im: LoadedImage, faces: list[dict], note: str, timings: dict) -> RestoreResult:
         t0 = time.perf_counter()
         results = []
         for idx, f in enumerate(faces):
-            restore = f["occlusion"] >= self.min_occlusion and f["occlusion"] > 0
+            restore = self._restores(f["occlusion"])
             results.append(FaceResult(
                 index=idx, box=f["box"], score=f["score"], landmarks=f["landmarks"], matrix=f["matrix"],
                 crop=f["crop"], restored=f["restored"] if restore else f["crop"], occ_map=f["occ_map"],
