@@ -226,3 +226,47 @@ def test_exit_codes_and_refusals(inputs, tmp_path, checkpoint, monkeypatch, caps
     empty.mkdir()
     code, _, err = run([empty, tmp_path / "o4", "--checkpoint", checkpoint, "--aligned", "-q"], capsys)
     assert code == 1 and "no files found" in err
+
+
+def test_face_selection_on_a_photo_with_two_faces(tmp_path, checkpoint, lower_face_model, astronaut_path, capsys):
+    """--all-faces (default), --largest-face, --only-center-face and --min-face on one photo: a large face off to
+    the left and a smaller one in the middle."""
+    big = masked_face(astronaut_path)  # 256 x 256, face around x 90..140
+    small = np.array(Image.fromarray(big).resize((200, 200), Image.LANCZOS))
+    canvas = np.full((256, 640, 3), 128, np.uint8)
+    canvas[:, :256] = big
+    face_x = int(round(112 * 200 / 256))  # the small face's centre, put on the canvas centre
+    canvas[28:228, 320 - face_x:520 - face_x] = small
+    photos = tmp_path / "in"
+    photos.mkdir()
+    Image.fromarray(canvas).save(photos / "two.png")
+
+    def faces(*options):
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        code, _, stderr = run([photos, out, "--checkpoint", checkpoint, "--device", "cpu", "--no-dlib-fallback", "-q",
+                               *options], capsys)
+        assert code == 0, stderr
+        rows, doc = read_summary(out)
+        boxes = [tuple(float(r[k]) for k in ("x1", "y1", "x2", "y2")) for r in rows if r["status"] == "ok"]
+        return boxes, doc["run"]["options"]["faces"], out
+
+    both, mode, _ = faces()
+    assert mode == "all" and len(both) == 2
+    large, centre = sorted(both, key=lambda b: b[0])  # the left one is the large one
+    side = lambda b: min(b[2] - b[0], b[3] - b[1])  # noqa: E731
+    assert side(large) > side(centre) + 5 and abs((centre[0] + centre[2]) / 2 - 320) < 20
+    assert faces("--largest-face")[0] == [large]
+    chosen, mode, out = faces("--only-center-face")
+    assert mode == "center" and chosen == [centre]
+    # only the centre face is pasted: the large face's pixels are untouched
+    res = np.asarray(Image.open(out / "restored_imgs" / "two.png"))
+    changed = (res != canvas).any(-1)
+    assert changed[:, 256:].sum() > 100 and not changed[:, :256].any()
+    assert [p.name for p in (out / "cropped_faces").iterdir()] == ["two_00.png"]
+    # --min-face drops the small face first: the centre-most of what is left is the large one
+    threshold = int((side(large) + side(centre)) / 2)
+    assert faces("--only-center-face", "--min-face", str(threshold))[0] == [large]
+    code, _, err = run([photos, tmp_path / "x", "--only-center-face", "--largest-face"], capsys)
+    assert code == 2 and "not allowed with argument" in err
+    code, _, err = run([photos, tmp_path / "x", "--io-threads", "-1"], capsys)
+    assert code == 2 and "--io-threads must be >= 0" in err

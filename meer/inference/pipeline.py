@@ -104,7 +104,9 @@ class Restorer:
         device: where the model runs.
         dtype: ``torch.float32``, or ``torch.bfloat16`` / ``torch.float16`` for mixed precision.
         batch_size: faces per model forward pass.
-        faces: ``"all"`` faces of a photo, or only the ``"largest"``.
+        faces: ``"all"`` faces of a photo, only the ``"largest"``, or only the ``"center"`` one (box centre closest
+            to the photo's centre: GFPGAN / CodeFormer's ``--only_center_face``); faces below ``min_face`` are
+            dropped first.
         aligned: inputs are already aligned ArcFace crops (resized to 112 x 112 if needed); no detection.
         min_occlusion: faces with a smaller predicted occluded fraction are passed through unchanged.
         min_face: faces whose box is smaller than this many pixels (shorter side) are ignored.
@@ -116,12 +118,12 @@ class Restorer:
 
     def __init__(self, model: torch.nn.Module, detector=None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, *, batch_size: int = 8,
-                 faces: Literal["all", "largest"] = "all", aligned: bool = False, min_occlusion: float = 0.05,
+                 faces: Literal["all", "largest", "center"] = "all", aligned: bool = False, min_occlusion: float = 0.05,
                  min_face: int = 20, detect_size: int | None = 1280, dilate: int = 0, feather: int = 2):
         if batch_size < 1:
             raise MeerError(f"--batch-size must be >= 1, got {batch_size}")
-        if faces not in ("all", "largest"):
-            raise MeerError(f"faces must be 'all' or 'largest', got {faces!r}")
+        if faces not in ("all", "largest", "center"):
+            raise MeerError(f"faces must be 'all', 'largest' or 'center', got {faces!r}")
         if not 0.0 <= min_occlusion <= 1.0:
             raise MeerError(f"--min-occlusion must be a fraction in [0, 1], got {min_occlusion}")
         if detector is None and not aligned:
@@ -164,7 +166,8 @@ class Restorer:
         else:
             small, scales = zip(*(self._detection_input(im.rgb) for im in images))
             dets = self.detector.detect(list(small))
-            found, notes = zip(*(self._select(d, s) for d, s in zip(dets, scales))) if dets else ((), ())
+            found, notes = (zip(*(self._select(d, s, im.size) for d, s, im in zip(dets, scales, images)))
+                            if dets else ((), ()))
             found, notes = list(found), list(notes)
         share = (time.perf_counter() - t0) / len(images)
         for t in timings:
@@ -206,7 +209,9 @@ class Restorer:
         size = (max(2, round(w * s)), max(2, round(h * s)))
         return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), s
 
-    def _select(self, dets, scale: float = 1.0) -> tuple[list[dict], str]:
+    def _select(self, dets, scale: float = 1.0, size: tuple[int, int] | None = None) -> tuple[list[dict], str]:
+        """The faces to restore among ``dets`` (found on the photo shrunk by ``scale``; ``size`` = the photo's
+        (width, height)), largest first, or why there are none."""
         if not dets:
             return [], "no face found"
         faces = [{"box": np.asarray(d.box, np.float32) / scale, "score": float(d.score),
@@ -217,6 +222,10 @@ class Restorer:
         usable.sort(key=lambda f: -float((f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])))
         if self.faces == "largest":
             usable = usable[:1]
+        elif self.faces == "center" and size is not None:
+            cx, cy = size[0] / 2.0, size[1] / 2.0
+            usable = [min(usable, key=lambda f: float(np.hypot((f["box"][0] + f["box"][2]) / 2 - cx,
+                                                               (f["box"][1] + f["box"][3]) / 2 - cy)))]
         return usable, ""
 
     def _whole_image_face(self, im: LoadedImage) -> dict:
