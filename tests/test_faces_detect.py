@@ -1,10 +1,11 @@
 """Face detection: typed results, several faces, no face, odd image layouts, the dlib fallback."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
-from meer.faces.detect import FaceDetection, FaceDetector, as_rgb_uint8, largest
+from meer.faces.detect import DetectionPass, FaceDetection, FaceDetector, as_rgb_uint8, largest
 from meer.utils.errors import MeerError
 from meer.utils.images import read_image
 
@@ -60,7 +61,8 @@ def test_no_face_gives_empty_list(detector, no_face_path):
     cat = read_image(no_face_path).rgb
     assert detector.detect([cat]) == [[]]
     cascade = FaceDetector("cpu", fallback=None, mtcnn_module=detector.mtcnn)  # every default pass
-    assert len(cascade.passes) == 5 and cascade.passes[-1][2] == (0.3, 0.4, 0.5)
+    assert len(cascade.passes) == 7 and cascade.passes[4].thresholds == (0.3, 0.4, 0.5)
+    assert [p.mirrored for p in cascade.passes] == [False] * 5 + [True] * 2 and cascade.passes[5].upscale == 2.0
     assert cascade.detect([cat[::3, ::3]]) == [[]]  # small: the 100% border pass triples the size
 
 
@@ -161,3 +163,51 @@ def test_fallback_runs_only_when_mtcnn_finds_nothing(detector, astronaut):
     out = det.detect([astronaut, np.full((64, 80, 3), 90, np.uint8)])
     assert len(out[0]) == 1 and out[1] == []
     assert calls == [(64, 80, 3)]
+
+
+def test_upscaling_pass_finds_small_faces_in_photo_pixels(detector, astronaut):
+    small = np.ascontiguousarray(cv2.resize(astronaut, (96, 96), interpolation=cv2.INTER_AREA))  # face ~17 x 21 px
+    plain = FaceDetector("cpu", passes=[(0.0, 12)], fallback=None, mtcnn_module=detector.mtcnn)
+    up = FaceDetector("cpu", passes=[DetectionPass(0.0, 12, None, upscale=2.0)], fallback=None,
+                      mtcnn_module=detector.mtcnn)
+    found = up.detect_one(small)
+    assert len(found) == 1
+    ref = detector.detect_one(astronaut)[0]  # the same face at 256 px, scaled down to 96 px
+    s = 96 / 256
+    eye_dist = np.linalg.norm(ref.landmarks[0] - ref.landmarks[1]) * s
+    assert np.abs((ref.landmarks + 0.5) * s - 0.5 - found[0].landmarks).max() < 0.25 * eye_dist
+    assert np.abs(ref.box * s - found[0].box).max() < 4
+    # faces larger than max_face_size are left to the passes before (17 x 21 px here)
+    capped = FaceDetector("cpu", passes=[(0.0, 12, None, 2.0, False, 12)], fallback=None, mtcnn_module=detector.mtcnn)
+    assert capped.detect_one(small) == []
+    # a photo that cannot grow within UPSCALE_MAX_SIDE skips the pass (earlier passes searched it as it is)
+    big = np.ascontiguousarray(np.pad(astronaut, ((0, 0), (0, 1024 - 256), (0, 0))))
+    assert up.detect_one(big) == [] and len(plain.detect_one(big)) == 1
+
+
+def test_mirrored_pass_keeps_only_what_the_mirror_finds_too(detector, astronaut, monkeypatch):
+    mirrored = FaceDetector("cpu", passes=[(0.0, 20, None, 1.0, True)], fallback=None, mtcnn_module=detector.mtcnn)
+    assert mirrored.passes == [DetectionPass(0.0, 20, None, 1.0, True, None)]
+    real = detector.detect_one(astronaut)
+    kept = mirrored.detect_one(astronaut)  # a real face is found on the mirrored photo too
+    assert len(kept) == 1 and np.array_equal(kept[0].box, real[0].box)
+    # a detection that the mirrored photo does not repeat is dropped
+    ghost = FaceDetection(box=np.array([5, 5, 40, 40], np.float32), score=0.9,
+                          landmarks=np.tile(np.array([[20, 20]], np.float32), (5, 1)), detector="mtcnn")
+    original = FaceDetector._mtcnn_batch
+    calls = []
+
+    def with_ghost(self, arrays, pad, min_face_size, thresholds, upscale=1.0):
+        calls.append(len(arrays))
+        found = original(self, arrays, pad, min_face_size, thresholds, upscale)
+        return [dets + [ghost] for dets in found] if len(calls) == 1 else found
+
+    monkeypatch.setattr(FaceDetector, "_mtcnn_batch", with_ghost)
+    out = mirrored.detect_one(astronaut)
+    assert len(out) == 1 and np.array_equal(out[0].box, real[0].box) and calls == [1, 1]
+    # nothing found: the mirrored photo is not searched
+    calls.clear()
+    monkeypatch.setattr(FaceDetector, "_mtcnn_batch", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    assert mirrored.detect_one(np.full((64, 80, 3), 90, np.uint8)) == [] and calls == [1]
+    with pytest.raises(MeerError, match="upscale"):
+        FaceDetector("cpu", passes=[(0.0, 20, None, 8.0)], fallback=None, mtcnn_module=detector.mtcnn)

@@ -7,8 +7,10 @@ therefore (measured on real masked photos, see ``benchmarks/bench_align.py``):
 * lowers the three stage thresholds (``thresholds``);
 * runs a cascade of MTCNN passes (``passes``): images without a face after one pass get the next,
   which adds a constant border around the photo (so faces that fill the frame are seen whole by the
-  pyramid), searches smaller faces than MTCNN's default (upsampling small photos), and last lowers
-  the thresholds further with a wide border;
+  pyramid), searches smaller faces than MTCNN's default (upsampling small photos), lowers the
+  thresholds further with a wide border, then searches small photos enlarged 2x for faces of 6 px and
+  up, and last searches with very low thresholds; these two last passes keep a face only when it is
+  found on the mirrored photo too (:class:`DetectionPass`);
 * optionally (``plausibility``, off by default) drops detections whose 5 landmarks are geometrically
   implausible for their box (:mod:`meer.faces.plausibility`), so the image goes on to the next pass;
 * for images where MTCNN still finds nothing, asks dlib's CNN face detector (``fallback="dlib"``,
@@ -20,8 +22,9 @@ with its slow CPU max-pools and per-box crop dispatch replaced; bit-identical re
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -33,11 +36,46 @@ from meer.utils.errors import MeerError
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.6)
 LAST_CHANCE_THRESHOLDS = (0.3, 0.4, 0.5)
-# Each MTCNN pass: (border as a fraction of the longer side, minimum face size in pixels[, thresholds]);
-# a pass only sees the images that earlier passes found no face in. Measured on real masked photos
-# (benchmarks/bench_align.py detection): each pass adds faces, the last one (low thresholds, wide
-# border) mostly finds extreme close-ups of masked faces cut at the forehead.
-DEFAULT_PASSES = ((0.0, 20), (0.2, 20), (0.2, 12), (0.5, 20), (1.0, 20, LAST_CHANCE_THRESHOLDS))
+MIRRORED_THRESHOLDS = (0.2, 0.3, 0.4)
+UPSCALE_MAX_SIDE = 1024  # an upscaling pass enlarges a photo to at most this longer side (and skips larger ones)
+MIRROR_IOU = 0.5  # a mirrored pass keeps a face found again at this overlap on the mirrored photo
+
+
+class DetectionPass(NamedTuple):
+    """One MTCNN pass of :class:`FaceDetector`'s cascade (it only sees photos no earlier pass found a face in).
+
+    ``pad``: a border of the photo's mean colour on every side, as a fraction of its longer side (faces that
+    fill the frame are seen whole); ``min_face_size``: the smallest face side searched, >= 12 (MTCNN's cell);
+    ``thresholds``: P/R/O-Net score thresholds (``None``: the detector's); ``upscale``: the photo is first enlarged
+    this much (bilinear; up to ``UPSCALE_MAX_SIDE``, a photo that cannot grow skips the pass), so that faces of
+    ``min_face_size / upscale`` pixels are found; ``mirrored``: a face counts only when the pass also finds it on
+    the left-right mirrored photo (overlap ``MIRROR_IOU``): the check that lets a pass search with thresholds or
+    face sizes that alone find too many things that are not faces; ``max_face_size``: faces whose box is larger
+    (shorter side, photo pixels) are dropped: an upscaling pass is there for faces smaller than the earlier passes
+    search, and a larger "face" that only it sees was mostly not a face (measured on RWMFD)."""
+
+    pad: float = 0.0
+    min_face_size: int = 20
+    thresholds: tuple[float, float, float] | None = None
+    upscale: float = 1.0
+    mirrored: bool = False
+    max_face_size: float | None = None
+
+
+# The cascade, measured on real masked photos: the first five passes with benchmarks/bench_align.py detection
+# (each adds faces; the fifth mostly finds extreme close-ups of masked faces cut at the forehead); the two mirrored
+# passes with benchmarks/bench_detect.py on the RWMFD photos the first five and dlib missed: small faces in crowds
+# and full-body shots (2x upscale), and close-ups behind dark masks (very low thresholds); without the mirror
+# check these two passes found about as many non-faces as faces there.
+DEFAULT_PASSES = (
+    DetectionPass(0.0, 20),
+    DetectionPass(0.2, 20),
+    DetectionPass(0.2, 12),
+    DetectionPass(0.5, 20),
+    DetectionPass(1.0, 20, LAST_CHANCE_THRESHOLDS),
+    DetectionPass(0.0, 12, None, upscale=2.0, mirrored=True, max_face_size=16),
+    DetectionPass(1.0, 20, MIRRORED_THRESHOLDS, mirrored=True),
+)
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -64,10 +102,8 @@ class FaceDetector:
     Args:
         device: ``"cpu"``, ``"cuda"``, ``"auto"`` or a ``torch.device``.
         thresholds: MTCNN P/R/O-net score thresholds (facenet-pytorch's default is 0.6, 0.7, 0.7).
-        passes: ``(pad, min_face_size[, thresholds])`` of each MTCNN pass, tried in order on the
-            images without a face yet: ``pad`` is a constant (mean colour) border added on every side,
-            as a fraction of the longer side; ``min_face_size`` the smallest face side searched
-            (MTCNN's default: 20 px); ``thresholds`` overrides ``thresholds`` for that pass.
+        passes: the MTCNN passes (:class:`DetectionPass`, or tuples ``(pad, min_face_size[, thresholds[, upscale[,
+            mirrored[, max_face_size]]]])``), tried in order on the images without a face yet.
         fallback: ``"dlib"`` to try dlib's CNN detector on images where MTCNN found nothing, or ``None``.
         fallback_upsample: how often dlib upsamples the image (each doubles the cost, finds smaller faces).
         batch_size: images per MTCNN forward pass (images of the same size are batched together).
@@ -82,7 +118,7 @@ class FaceDetector:
         self,
         device: str | torch.device = "cpu",
         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-        passes: Sequence[tuple[float, int]] = DEFAULT_PASSES,
+        passes: Sequence[DetectionPass | tuple] = DEFAULT_PASSES,
         fallback: Literal["dlib"] | None = "dlib",
         fallback_upsample: int = 1,
         batch_size: int = 16,
@@ -94,19 +130,25 @@ class FaceDetector:
             raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(thresholds)}")
         if not passes:
             raise MeerError("at least one MTCNN pass is needed")
-        self.passes = []
+        self.passes: list[DetectionPass] = []
         for item in passes:
-            if len(item) not in (2, 3):
-                raise MeerError(f"a pass is (pad, min_face_size[, thresholds]), got {item!r}")
+            if not 2 <= len(item) <= 6:
+                raise MeerError("a pass is (pad, min_face_size[, thresholds[, upscale[, mirrored[, max_face_size]]]]), "
+                                f"got {item!r}")
             pad, min_face_size = float(item[0]), int(item[1])
-            th = tuple(float(t) for t in item[2]) if len(item) == 3 else None
+            th = tuple(float(t) for t in item[2]) if len(item) >= 3 and item[2] is not None else None
             if th is not None and (len(th) != 3 or not all(0.0 < t < 1.0 for t in th)):
                 raise MeerError(f"thresholds must be three numbers in (0, 1), got {list(th)}")
-            self.passes.append((pad, min_face_size, th))
+            upscale = float(item[3]) if len(item) >= 4 else 1.0
+            mirrored = bool(item[4]) if len(item) >= 5 else False
+            max_face = float(item[5]) if len(item) >= 6 and item[5] is not None else None
             if min_face_size < 12:
                 raise MeerError(f"min_face_size must be >= 12 (MTCNN's cell size), got {min_face_size}")
             if not 0.0 <= pad <= 1.0:
                 raise MeerError(f"pad must be a fraction in [0, 1], got {pad}")
+            if not 1.0 <= upscale <= 4.0:
+                raise MeerError(f"upscale must be in [1, 4], got {upscale}")
+            self.passes.append(DetectionPass(pad, min_face_size, th, upscale, mirrored, max_face))
         if batch_size < 1:
             raise MeerError(f"batch size must be >= 1, got {batch_size}")
         self.device = resolve_device(device)
@@ -132,7 +174,7 @@ class FaceDetector:
         """One list of detections per image (sorted by decreasing box area; empty when no face)."""
         arrays = [as_rgb_uint8(im) for im in images]
         results: list[list[FaceDetection]] = [[] for _ in arrays]
-        for pad, min_face_size, th in self.passes:
+        for ps in self.passes:
             groups: dict[tuple[int, int], list[int]] = {}
             for i, arr in enumerate(arrays):
                 if not results[i]:
@@ -140,8 +182,7 @@ class FaceDetector:
             for idxs in groups.values():
                 for start in range(0, len(idxs), self.batch_size):
                     chunk = idxs[start:start + self.batch_size]
-                    found = self._mtcnn_batch([arrays[i] for i in chunk], pad, min_face_size,
-                                              th or self.thresholds)
+                    found = self._run_pass([arrays[i] for i in chunk], ps)
                     for i, dets in zip(chunk, found):
                         results[i] = self._keep_plausible(dets, arrays[i].shape)
         if self.fallback is not None:
@@ -158,9 +199,43 @@ class FaceDetector:
     def detect_one(self, image: np.ndarray) -> list[FaceDetection]:
         return self.detect([image])[0]
 
+
+    def _run_pass(self, arrays: list[np.ndarray], ps: DetectionPass) -> list[list[FaceDetection]]:
+        """One pass on same-size images: upscaled, padded, and with the mirror check, as ``ps`` says."""
+        th = ps.thresholds or self.thresholds
+        upscale = min(ps.upscale, UPSCALE_MAX_SIDE / max(arrays[0].shape[:2]))
+        if ps.upscale > 1.0 and upscale <= 1.0:  # too large to enlarge: earlier passes searched it as it is
+            return [[] for _ in arrays]
+        found = self._mtcnn_batch(arrays, ps.pad, ps.min_face_size, th, upscale=upscale)
+        if ps.max_face_size is not None:
+            found = [[d for d in dets if min(d.box[2] - d.box[0], d.box[3] - d.box[1]) <= ps.max_face_size]
+                     for dets in found]
+        if not ps.mirrored:
+            return found
+        todo = [i for i, dets in enumerate(found) if dets]
+        if not todo:
+            return found
+        w = arrays[0].shape[1]
+        again = self._mtcnn_batch([np.ascontiguousarray(arrays[i][:, ::-1]) for i in todo], ps.pad, ps.min_face_size,
+                                  th, upscale=upscale)
+        for i, mirrored in zip(todo, again):
+            boxes = [np.array([w - d.box[2], d.box[1], w - d.box[0], d.box[3]], np.float32) for d in mirrored]
+            found[i] = [d for d in found[i] if any(box_iou(d.box, b) > MIRROR_IOU for b in boxes)]
+        return found
+
     @torch.no_grad()
     def _mtcnn_batch(self, arrays: list[np.ndarray], pad: float, min_face_size: int,
-                     thresholds: tuple[float, ...]) -> list[list[FaceDetection]]:
+                     thresholds: tuple[float, ...], upscale: float = 1.0) -> list[list[FaceDetection]]:
+        if upscale != 1.0:  # boxes and landmarks come back in the given images' pixels
+            h0, w0 = arrays[0].shape[:2]
+            size = (max(2, round(w0 * upscale)), max(2, round(h0 * upscale)))
+            found = self._mtcnn_batch([cv2.resize(a, size, interpolation=cv2.INTER_LINEAR) for a in arrays], pad,
+                                      min_face_size, thresholds)
+            sx, sy = size[0] / w0, size[1] / h0
+            scale, shift = np.array([sx, sy], np.float32), np.float32(0.5)  # pixel centres: x = (x' + 0.5) / s - 0.5
+            return [[FaceDetection(box=((d.box.reshape(2, 2) + shift) / scale - shift).reshape(4).astype(np.float32),
+                                   score=d.score, landmarks=((d.landmarks + shift) / scale - shift).astype(np.float32),
+                                   detector=d.detector) for d in dets] for dets in found]
         h, w = arrays[0].shape[:2]
         p = int(round(pad * max(h, w)))
         if min(h, w) + 2 * p < min_face_size:  # smaller than MTCNN's first pyramid level
@@ -184,3 +259,12 @@ class FaceDetector:
                                           landmarks=(lm - p).astype(np.float32), detector="mtcnn"))
             out.append(dets)
         return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two ``x1 y1 x2 y2`` boxes."""
+    iw = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    ih = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = iw * ih
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
