@@ -12,6 +12,10 @@
 Bad files never stop the run: each is recorded with its status and reason. Photos without a face
 are listed (``no_face``) and not written to ``restored_imgs``; photos whose faces were all passed
 through are copied byte for byte.
+
+Photos are decoded ahead in threads and the outputs encoded and written behind in one more thread (in input
+order), so that file work overlaps detection and the model (``io_threads``; 0 does everything in one thread,
+with the same files as result).
 """
 from __future__ import annotations
 
