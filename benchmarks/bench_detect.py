@@ -16,7 +16,8 @@ detector on what it misses), one photo at a time, on (``../shared/data``):
   Detection rate, and **false faces** = detections whose box does not contain the photo's centre, i.e. not the
   labelled person (real bystanders count too, so the figure is an upper bound; what matters is before vs after).
 
-``--cascade previous`` runs the cascade as it was before the mirrored passes (its first five passes + dlib).
+``--cascade previous`` runs the cascade as it was before the mirrored passes (its first five passes + dlib with the
+photo upsampled once).
 ``--records`` keeps every photo's detections (boxes, scores, which pass found them); ``--compare`` lists the photos
 whose outcome differs between two record files and, with ``--sheet``, draws the detections that only the second
 found (crops, for checking by eye whether they are faces: RWMFD has no labels).
@@ -61,8 +62,10 @@ def photo_sets(names: list[str], limit: int) -> dict[str, list[Path]]:
 def build_detector(cascade: str):
     from meer.faces.detect import DEFAULT_PASSES, FaceDetector
 
-    passes = DEFAULT_PASSES if cascade == "default" else [p for p in DEFAULT_PASSES if not p.mirrored]
-    return FaceDetector("cpu", passes=passes)
+    if cascade == "default":
+        return FaceDetector("cpu")
+    # as it was: the five passes without the mirror check, dlib upsampling the photo once
+    return FaceDetector("cpu", passes=[p for p in DEFAULT_PASSES if not p.mirrored], fallback_upsample=1)
 
 
 def which_pass(detector) -> dict:
