@@ -36,6 +36,7 @@ identity embeddings), paste-back, excluding file reading and writing (see ``meer
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -246,6 +247,18 @@ def make_folders(args: argparse.Namespace, work: Path) -> dict[str, Path]:
 def count_detection(detector) -> tuple[dict, Callable[[], None]]:
     """Instrument ``detector`` to count MTCNN passes (photos per pass) and fallback calls: (counters, undo)."""
     counts = {"passes": {}, "fallback_photos": 0, "fallback_found": 0}
+    if not hasattr(detector, "_run_pass"):  # meer before the cascade's DetectionPass (timing an older checkout)
+        mtcnn_batch = detector._mtcnn_batch
+
+        def counted_batch(arrays, pad, min_face_size, thresholds, *rest, **kw):
+            found = mtcnn_batch(arrays, pad, min_face_size, thresholds, *rest, **kw)
+            c = counts["passes"].setdefault(f"pad {pad:g}, min face {min_face_size}, thresholds {tuple(thresholds)}",
+                                            {"calls": 0, "photos": 0, "found": 0})
+            c["calls"], c["photos"], c["found"] = c["calls"] + 1, c["photos"] + len(arrays), c["found"] + sum(map(bool, found))
+            return found
+
+        detector._mtcnn_batch = counted_batch
+        return counts, lambda: detector.__dict__.pop("_mtcnn_batch", None)
     run_pass = detector._run_pass
 
     def counted(arrays, ps):
@@ -346,8 +359,9 @@ def folder_run(name: str, folder: Path, work: Path, args: argparse.Namespace, re
             out = work / f"out_{io}"
             shutil.rmtree(out, ignore_errors=True)
             counts, undo = count_detection(restorer.detector)
+            threads = {"io_threads": io} if "io_threads" in inspect.signature(restore_folder).parameters else {}
             try:
-                run = restore_folder(folder, out, restorer, progress=False, io_threads=io, run_info=info)
+                run = restore_folder(folder, out, restorer, progress=False, run_info=info, **threads)
             finally:
                 undo()
             t = run.totals
