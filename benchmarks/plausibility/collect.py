@@ -19,7 +19,7 @@ for name, files in sets.items():
     t = time.time()
     imgs = [read_image(p).rgb for p in files]
     per_pass = []
-    for pad, mfs, th in det.passes:
+    for pad, mfs, th, *_ in det.passes:
         res = [None] * len(imgs)
         groups = {}
         for i, a in enumerate(imgs):
