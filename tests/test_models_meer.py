@@ -280,3 +280,33 @@ def test_template_prior_starts_at_the_tone_shifted_template_and_learns():
         m.generator.init_template(torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="without a template"):
         model().generator.init_template(mean_face)
+
+
+def test_lowpass_template_cannot_carry_a_period_2_grid_or_learn_one():
+    """The template is read through a binomial filter: a 2-pixel stripe pattern (either direction) added to it
+    leaves the output unchanged, and the gradient it receives has no component at that period. Without the
+    filter the same pattern shows through (the shipped v2 model's grid)."""
+    _, masked, mask = batch(2)
+    x = torch.arange(S)
+    stripes_x = ((-1.0) ** x).view(1, 1, 1, S).expand(1, 3, S, S)
+    stripes_y = stripes_x.transpose(-1, -2)
+    for lowpass in (True, False):
+        m = model(gen_template=True, gen_template_lowpass=lowpass)
+        m.generator.init_template(torch.rand(3, S, S) * 0.5 + 0.25)
+        with torch.no_grad():
+            before = m(masked, mask=mask).generated
+            m.generator.template.add_(0.2 * stripes_x + 0.2 * stripes_y)
+            after = m(masked, mask=mask).generated
+        if lowpass:
+            torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+        else:
+            assert (after - before).abs().max() > 0.02
+    m = model(gen_template=True, gen_template_lowpass=True)
+    m.generator.init_template(torch.rand(3, S, S))
+    (m(masked, mask=mask).generated * torch.rand(2, 3, S, S)).sum().backward()
+    grad = m.generator.template.grad
+    assert grad.abs().sum() > 0
+    for pattern in (stripes_x, stripes_y):
+        assert abs(float((grad * pattern).sum())) < 1e-6 * float(grad.abs().sum())
+    # the filter is a fixed, non-persistent buffer: not in the state dict, old checkpoints load
+    assert "generator.lowpass" not in m.state_dict()
