@@ -214,9 +214,9 @@ def test_aligned_crops_skip_detection(photo):
     assert res.rgb.shape == (160, 160, 3) and changed_pixels(big.rgb, res.rgb)[:60].sum() == 0
 
 
-def test_only_restored_faces_are_embedded_again(photo):
-    """The identity cosine (masked vs restored) needs a second encoder pass: it runs only on the faces that are
-    restored, and gives what embedding every face gave."""
+def test_only_restored_faces_are_generated_and_embedded_again(photo):
+    """The generator and the identity cosine (masked vs restored, a second encoder pass) run only on the faces
+    that are restored, and give what running every face gives."""
     crops = [np.array(Image.fromarray(photo.rgb[40 + k:200 + k, 48:208]).resize((112, 112))) for k in range(3)]
     crops[1] = np.full((112, 112, 3), 128, np.uint8)  # a flat crop: predicted unoccluded, passed through
     model = tiny_meer()
@@ -233,18 +233,26 @@ def test_only_restored_faces_are_embedded_again(photo):
     embedded = []
     real_embed = model.embed
     model.embed = lambda images, **kw: embedded.append(images.shape[0]) or real_embed(images, **kw)
+    generated = []
+    hook = model.generator.register_forward_hook(lambda mod, inp, out: generated.append(out.shape[0]))
     restorer = Restorer(model, None, aligned=True, batch_size=3)
     res = restorer.restore_images([decode_image(encode_image(c, ".png")) for c in crops])
     assert [r.faces[0].status for r in res] == ["restored", "passthrough", "restored"]
-    assert embedded == [2]
+    assert embedded == [2] and generated == [2]
+    hook.remove()
     assert res[1].faces[0].id_cosine is None
     with torch.inference_mode():  # what embedding all three gave
         x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255.0
         out = model(x)
         cos = torch.nn.functional.cosine_similarity(out.embedding, real_embed(out.restored.clamp(0, 1)), dim=1)
     assert [r.faces[0].id_cosine for r in res[::2]] == pytest.approx(cos[::2].tolist(), abs=1e-5)
+    full = (out.restored.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for k in (0, 2):  # the faces restored come out as the full forward restores them (up to the feathered edge)
+        inside = res[k].faces[0].region >= 1.0
+        assert np.abs(res[k].faces[0].restored[inside].astype(int) - full[k][inside].astype(int)).max() <= 1
     none = Restorer(steer(tiny_meer(), None), None, aligned=True)
     none.model.embed = lambda images, **kw: pytest.fail("no face to restore: nothing to embed")
+    none.model.generator.register_forward_hook(lambda *a: pytest.fail("no face to restore: nothing to generate"))
     assert none.restore_image(decode_image(encode_image(crops[0], ".png"))).faces[0].status == "passthrough"
 
 

@@ -310,3 +310,29 @@ def test_lowpass_template_cannot_carry_a_period_2_grid_or_learn_one():
         assert abs(float((grad * pattern).sum())) < 1e-6 * float(grad.abs().sum())
     # the filter is a fixed, non-persistent buffer: not in the state dict, old checkpoints load
     assert "generator.lowpass" not in m.state_dict()
+
+
+def test_restore_selected_matches_forward_and_skips_the_generator_for_the_rest():
+    m = model().eval()
+    _, masked, _ = batch(4)
+    seen = []
+    m.generator.register_forward_hook(lambda mod, inp, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        full = m(masked)
+        seen.clear()
+        part = m.restore_selected(masked, lambda occ: torch.tensor([True, False, True, False]))
+    assert seen == [2]  # one generator call, for the two selected faces only
+    for i in (0, 2):
+        torch.testing.assert_close(part.restored[i], full.restored[i], atol=1e-6, rtol=0)
+        torch.testing.assert_close(part.composite_mask[i], full.composite_mask[i])
+    for i in (1, 3):
+        assert torch.equal(part.restored[i], masked[i]) and torch.equal(part.generated[i], masked[i])
+        assert part.composite_mask[i].sum() == 0
+    torch.testing.assert_close(part.embedding, full.embedding)
+    torch.testing.assert_close(part.occ_map, full.occ_map)
+    with torch.no_grad():
+        seen.clear()
+        none = m.restore_selected(masked, lambda occ: torch.zeros(4, dtype=torch.bool))
+        assert seen == [] and torch.equal(none.restored, masked)
+        with pytest.raises(ValueError, match="one flag per face"):
+            m.restore_selected(masked, lambda occ: torch.ones(3, dtype=torch.bool))

@@ -248,18 +248,24 @@ class Restorer:
         aligned = align_face(rgb, face["landmarks"], size=self.crop_size)
         return {"crop": np.ascontiguousarray(aligned.crop), "matrix": np.asarray(aligned.matrix, np.float64)}
 
-    def _restores(self, occlusion: float) -> bool:
-        """Whether a face with this predicted occluded fraction is restored (else passed through unchanged)."""
-        return occlusion >= self.min_occlusion and occlusion > 0
+    def _restores(self, occlusion):
+        """Whether a face with this predicted occluded fraction is restored (else passed through unchanged); a
+        float gives a bool, a tensor of fractions a bool tensor."""
+        return (occlusion >= self.min_occlusion) & (occlusion > 0)
 
     @torch.inference_mode()
     def _run_model(self, crops: np.ndarray) -> dict[str, list]:
         x = images_to_tensor(crops, self.device)
+
+        def occluded_share(occ_map: torch.Tensor) -> torch.Tensor:
+            return (occ_map.float() > self.threshold).float().mean(dim=(1, 2, 3))
+
+        # the generator runs only for the faces that will be restored: a face passed through costs the recognizer
         with autocast(self.device, self.dtype):
-            out = self.model(x)
+            out = self.model.restore_selected(x, lambda occ_map: self._restores(occluded_share(occ_map)))
             restored = out.restored.float().clamp(0.0, 1.0)
         occ = out.occ_map.float().clamp(0.0, 1.0)
-        occlusion = (occ > self.threshold).float().mean(dim=(1, 2, 3)).cpu().tolist()
+        occlusion = occluded_share(occ).cpu().tolist()
         # the identity cosine masked vs restored is reported for restored faces only: faces passed through are not
         # embedded a second time (a whole encoder pass each)
         cos: list[float | None] = [None] * len(crops)

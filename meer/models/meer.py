@@ -44,7 +44,7 @@ not through ``DistributedDataParallel``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +277,29 @@ class MEER(nn.Module):
         are bit-identical to ``masked``) and the soft predicted occlusion map. Call ``eval()`` first."""
         out = self.forward(masked)
         return out.restored, out.occ_map
+
+    @torch.no_grad()
+    def restore_selected(self, masked: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor]) -> MEEROutput:
+        """Inference: ``forward(masked)``, except that the generator runs only for the faces that
+        ``select(occ_map)`` (a ``B`` bool tensor from the soft maps) picks; the others come back as they went in
+        (``generated = restored = masked``, an all-zero composite mask). A face that will be passed through
+        anyway costs the recognizer only, not the generator (~60 % of a face's FLOPs). Call ``eval()`` first."""
+        self._check(masked, "masked")
+        feats, dec, embedding = self._recognize(masked)
+        m = self.composite_mask(dec["occ_map"])
+        keep = select(dec["occ_map"]).to(device=masked.device, dtype=torch.bool).reshape(-1)
+        if keep.shape[0] != masked.shape[0]:
+            raise ValueError(f"select must return one flag per face ({masked.shape[0]}), got {tuple(keep.shape)}")
+        generated, restored = masked.clone(), masked.clone()
+        m = torch.where(keep.view(-1, 1, 1, 1), m, torch.zeros_like(m))
+        if bool(keep.any()):
+            idx = keep.nonzero().flatten()
+            g, r = self.generate([f[idx] for f in feats], dec["id_code"][idx], m[idx], masked[idx])
+            generated[idx], restored[idx] = g.to(masked.dtype), r.to(masked.dtype)
+        return MEEROutput(
+            occ_logits=dec["occ_logits"], occ_map=dec["occ_map"], id_code=dec["id_code"], occ_code=dec["occ_code"],
+            embedding=embedding, generated=generated, restored=restored, composite_mask=m,
+        )
 
     @torch.no_grad()
     def decouple(self, masked: torch.Tensor) -> dict[str, Any]:
