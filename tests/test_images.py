@@ -119,3 +119,12 @@ def test_missing_file_and_no_overwrite(tmp_path, rgb):
         write_image(tmp_path / "x.png", rgb)
     write_image(tmp_path / "x.png", rgb[::-1].copy(), overwrite=True)
     assert np.array_equal(read_image(tmp_path / "x.png").rgb, rgb[::-1])
+
+
+def test_png_level_is_lossless_and_trades_size(tmp_path, rgb):
+    big = np.tile(rgb, (4, 4, 1))
+    fast = write_image(tmp_path / "fast.png", big, png_level=1)
+    small = write_image(tmp_path / "small.png", big)  # the default, zlib level 6
+    for p in (fast, small):
+        assert np.array_equal(read_image(p).rgb, big)
+    assert fast.stat().st_size > small.stat().st_size

@@ -306,7 +306,8 @@ def _write(out: Path, path: Path, rel: Path, key: str, image: LoadedImage, resul
             for sub, arr in (("cropped_faces", face.crop), ("restored_faces", face.restored),
                              ("masks", occlusion_image(face.occ_map)),
                              ("cmp", comparison_strip(face.crop, face.occ_map, face.restored))):
-                write_image(out / sub / rel.parent / name, arr, overwrite=overwrite)
+                # side images, four per face: fast zlib (half the encode time of level 6, ~5 % larger)
+                write_image(out / sub / rel.parent / name, arr, overwrite=overwrite, png_level=1)
     except (MeerError, OSError) as exc:
         return PhotoRecord(str(rel), "error", f"writing outputs failed: {_error_reason(exc)}", width=w, height=h,
                            faces=[f.to_dict() for f in result.faces])

@@ -166,8 +166,9 @@ def _read_png16(data: bytes):
     return rgb8, rgb16, alpha, 16, 3
 
 
-def encode_image(array: np.ndarray, suffix: str = ".png", quality: int = 95) -> bytes:
-    """Encode an H x W (x C) uint8/uint16 array; 16-bit and alpha survive as PNG."""
+def encode_image(array: np.ndarray, suffix: str = ".png", quality: int = 95, png_level: int = 6) -> bytes:
+    """Encode an H x W (x C) uint8/uint16 array; 16-bit and alpha survive as PNG. ``quality``: JPEG / WebP;
+    ``png_level``: PNG's zlib level for 8-bit PNGs (0-9; 1 is half the time of the default 6 for ~5 % more bytes)."""
     suffix = suffix.lower()
     arr = np.asarray(array)
     if arr.dtype == np.uint16 or (arr.ndim == 3 and arr.shape[2] == 4 and suffix in (".jpg", ".jpeg")):
@@ -192,12 +193,14 @@ def encode_image(array: np.ndarray, suffix: str = ".png", quality: int = 95) -> 
     if fmt == "JPEG" and img.mode not in ("RGB", "L"):
         img = img.convert("RGB")
     buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    opts = {"quality": quality} if fmt in ("JPEG", "WEBP") else {"compress_level": png_level} if fmt == "PNG" else {}
+    img.save(buf, format=fmt, **opts)
     return buf.getvalue()
 
 
-def write_image(path: str | Path, array: np.ndarray, overwrite: bool = False, quality: int = 95) -> Path:
+def write_image(path: str | Path, array: np.ndarray, overwrite: bool = False, quality: int = 95,
+                png_level: int = 6) -> Path:
     """Atomically write ``array`` to ``path`` (format from the suffix); refuses to overwrite by default."""
     path = ensure_new(path, overwrite)
-    atomic_write_bytes(path, encode_image(array, path.suffix or ".png", quality))
+    atomic_write_bytes(path, encode_image(array, path.suffix or ".png", quality, png_level))
     return path
