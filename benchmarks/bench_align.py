@@ -26,6 +26,11 @@ Measured 2026-11-23 (2-core CPU, all images; photos with >= 1 face found, cumula
 
 A contact sheet of what the last MTCNN pass adds (46 photos) shows roughly 1 in 5 of those
 detections wrong (part of a face at the wrong scale, a hand, clothing): about 0.6% of all photos.
+
+These rows are the levers of the five-pass cascade as it was on 2026-11-23. meer's detector has two more passes
+since (2x upscaled, and very low thresholds with a wide border, both confirmed on the mirrored photo) and dlib's
+fallback without upsampling: ``python benchmarks/bench_detect.py`` measures the cascade meer ships (RWMFD 95.3%,
+RMFRD masked 96.0%, false faces unchanged).
 """
 from __future__ import annotations
 
@@ -61,7 +66,7 @@ PASSES = {
     "low+pad0.5": (THRESH_LOW, 0.5, 20),
     "vlow+pad1.0": ((0.3, 0.4, 0.5), 1.0, 20),
 }
-CASCADE = ["low", "low+pad0.2", "low+pad0.2+min12", "low+pad0.5", "vlow+pad1.0"]  # = DEFAULT_PASSES
+CASCADE = ["low", "low+pad0.2", "low+pad0.2+min12", "low+pad0.5", "vlow+pad1.0"]  # DEFAULT_PASSES of 2026-11-23
 ROWS = [  # (label, passes, dlib fallback on what is still missed)
     ("MTCNN, facenet-pytorch thresholds (0.6, 0.7, 0.7)", ["default"], False),
     ("MTCNN, thresholds (0.5, 0.6, 0.6)", ["low"], False),
@@ -69,7 +74,7 @@ ROWS = [  # (label, passes, dlib fallback on what is still missed)
     ("+ retry with border and min face 12 px (upsampled)", CASCADE[:3], False),
     ("+ retry with a 50% border", CASCADE[:4], False),
     ("+ retry: thresholds (0.3, 0.4, 0.5), 100% border", CASCADE[:5], False),
-    ("+ dlib CNN fallback, ONet landmarks (meer default)", CASCADE[:5], True),
+    ("+ dlib CNN fallback, ONet landmarks (meer default on 2026-11-23)", CASCADE[:5], True),
 ]
 
 
