@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from meer.cli.train import main as train_main
@@ -333,6 +334,14 @@ def test_time_limit_stops_with_checkpoint_and_cli_resume_continues(dataset, tmp_
     assert code == 0
     assert load_state(first.run_dir / "checkpoints" / "ckpt-00000002.pt")["step"] == 2
     assert "resumed from" in (first.run_dir / "log.txt").read_text()
+    # the overrides changed the config the run continues with: config.yaml says so, the old one is kept
+    now = yaml.safe_load((first.run_dir / "config.yaml").read_text())
+    before = yaml.safe_load((first.run_dir / "config-before-00000001.yaml").read_text())
+    assert (now["total_steps"], now["time_limit_min"]) == (2, None) and before["time_limit_min"] == 0
+    assert "config changed on resume at step 1 (time_limit_min, total_steps)" in (first.run_dir / "log.txt").read_text()
+    code = train_main(["--resume", str(first.run_dir), "total_steps=2"])  # same config: nothing rewritten
+    assert code == 0 and sorted(p.name for p in first.run_dir.glob("config*.yaml")) == [
+        "config-before-00000001.yaml", "config.yaml"]
     code = train_main(["--resume", str(tmp_path / "nothing-here")])
     assert code == 2 and "no such run directory" in capsys.readouterr().err
 

@@ -84,6 +84,35 @@ def train(cfg: TrainConfig, resume: str | Path | None = None, dry_run: bool = Fa
         dd.shutdown(info)
 
 
+def _record_resumed_config(cfg: TrainConfig, run_path: Path, step: int, log: RunLogger) -> None:
+    """A resume with overrides changes the config the run continues with: ``config.yaml`` is rewritten to it (it
+    always says what the run uses now), the one it replaces is kept as ``config-before-<step>.yaml``, and the
+    changed keys are logged, so a run's history stays readable from its folder."""
+    import yaml
+
+    path = run_path / rundir.CONFIG_FILE
+    now = to_dict(cfg)
+    try:
+        before = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        before = None
+    if before == now:
+        return
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix: d}
+        return {k: v for key, val in d.items() for k, v in flat(val, f"{prefix}{key}.").items()} if d else {prefix: d}
+
+    old, new = flat(before or {}), flat(now)
+    changed = sorted(k.rstrip(".") for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if path.is_file():
+        path.replace(run_path / f"config-before-{step:08d}.yaml")
+    dump_config(cfg, path)
+    log.info(f"config changed on resume at step {step} ({', '.join(changed)}): {path.name} rewritten, "
+             f"the previous one kept as config-before-{step:08d}.yaml")
+
+
 def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_dir) -> TrainResult:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -144,6 +173,8 @@ def _train(cfg: TrainConfig, info: dd.DistInfo, resume, dry_run: bool, forced_di
         start_step = int(state["step"])
         best = float(state.get("best", -math.inf))
         log.info(f"resumed from {ckpt_path} at step {start_step}")
+        if info.is_main:
+            _record_resumed_config(cfg, run_path, start_step, log)
         saved_world = state.get("world_size")
         if saved_world is not None and int(saved_world) != info.world_size:
             log.info(f"checkpoint written by {saved_world} process(es), resumed on {info.world_size}: the global "

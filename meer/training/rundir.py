@@ -2,7 +2,8 @@
 
 A run directory holds everything a run produces::
 
-    config.yaml        the resolved config (what was really used, overrides applied)
+    config.yaml        the resolved config the run uses (overrides applied); a resume with overrides rewrites
+                       it and keeps the one before as config-before-<step>.yaml
     log.txt            the text log (what the console showed)
     stats.jsonl        one JSON object per logged step
     events.out.tfevents.*   TensorBoard scalars and image grids
