@@ -50,6 +50,17 @@ def summarize(name: str, res: dict) -> list[str]:
         L.append(f"| {v['source']} | {v['judge']} | {v['condition']} | {v['method']} | {mask_cell(v)} | {accuracy_cell(v)} | "
                  f"{v['auc']:.3f} | {pct(v['eer'])} | {pct(v['tar_at_far_1e-2'])} | "
                  f"{v['genuine']}/{v['impostor']} | {pct(v['fte_rate'])} | {gap_cell(v)} |")
+    common = res.get("common_pairs", [])
+    if common:
+        judges = list(common[0]["judges"])
+        L += ["", "Every judge on the pairs all judges enrolled (a judge with failures to enrol is scored above on its "
+              "easier subset):", "",
+              "| masks | condition | method | pairs kept | " + " | ".join(judges) + " |", "|---|---|---|---|" + "---|" * len(judges)]
+        for c in common:
+            if c["condition"].startswith("restored") and c["method"] == "none":
+                continue
+            L.append(f"| {c['source']} | {c['condition']} | {c['method']} | {c['pairs_common']} of {c['pairs_total']} | "
+                     + " | ".join(accuracy_cell(v) if "accuracy" in v else "n/a" for v in c["judges"].values()) + " |")
     L += ["", "| masks | judge | probes | rank-1 % (95% CI) | probes scored |", "|---|---|---|---|---|"]
     for x in res["rank1"]:
         for k, v in x.items():

@@ -13,7 +13,7 @@ from meer.evaluation.cache import pixel_digest
 from meer.evaluation.dataset import scan_eval_data
 from meer.evaluation.harness import Components, EvalOptions, EmbeddingMethod, run_evaluation, source_pairs
 from meer.evaluation.judge import Judge, JudgeOutput
-from meer.evaluation.keys import ScoreKey, ViewKey
+from meer.evaluation.keys import NO_METHOD, ScoreKey, ViewKey
 from meer.evaluation.methods import NOTHING, NoRestore, RestorationMethod, Restored, TeleaInpainting
 from meer.evaluation.prepare import image_seed
 from meer.evaluation.quality import region_agreement, region_scores
@@ -468,3 +468,52 @@ def test_score_pairs_by_hand():
     two = score_pairs(judge, [("a", "a", True, 0)], emb, {"a": emb["b"]})
     assert two.images == 2 and two.scores[0] == pytest.approx(0.0)
     assert score_pairs(judge, [], emb).row()["error"] == "no pairs of this kind"
+
+
+class PickyJudge(BlockJudge):
+    """Fails to enrol masked crops whose mask fill (``fake_masker``: 100 + seed % 50, one grey) is odd."""
+
+    name = "picky"
+    cache_key = "picky-v1"
+
+    def embed(self, crops):
+        out = super().embed(crops)
+        band = crops[:, 100:106, 8:104].reshape(len(crops), -1)
+        flat = (band == band[:, :1]).all(axis=1)
+        return JudgeOutput(out.vectors, out.ok & ~(flat & (band[:, 0] % 2 == 1)))
+
+
+def test_every_judge_is_also_scored_on_the_pairs_all_judges_enrolled(tmp_path):
+    from meer.evaluation.metrics import verification_summary
+
+    data = make_set(tmp_path / "data", noface=False)
+    comp = Components(judges=[BlockJudge(), PickyJudge()], methods=[NoRestore()], locator=fake_locator,
+                      masker=fake_masker)
+    result = run_evaluation(options(data, tmp_path / "out", grid=0), comp)
+    res = result.results
+    picky = rows(res, judge="picky", condition="masked-vs-clean")[0]
+    assert 0 < picky["pairs_scored"] < picky["pairs_total"]  # the test set has both kinds of fill
+    common = [c for c in res["common_pairs"] if c["condition"] == "masked-vs-clean"]
+    assert len(common) == 1 and common[0]["pairs_common"] == picky["pairs_scored"]
+    assert not [c for c in res["common_pairs"] if c["condition"] == "clean-vs-clean"]  # nobody failed there
+    on_common = common[0]["judges"]
+    assert on_common["picky"]["accuracy"] == picky["accuracy"]  # picky's pairs are the common ones
+    # block on picky's pairs, by hand from the pair scores
+    block = result.scores[ScoreKey("synthetic", "block", "masked-vs-clean", NO_METHOD)]
+    kept = set(result.scores[ScoreKey("synthetic", "picky", "masked-vs-clean", NO_METHOD)].pairs)
+    idx = [i for i, p in enumerate(block.pairs) if p in kept]
+    by_hand = verification_summary(block.scores[idx], block.genuine[idx], block.folds[idx], seed=0, bootstrap=200)
+    assert on_common["block"]["accuracy"] == by_hand["accuracy"]
+    assert on_common["block"]["pairs_scored"] == len(kept) and on_common["block"]["fte_rate"] == 0
+    assert "every judge on the same pairs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_restricting_pair_scores_by_hand():
+    from meer.evaluation.scoring import score_pairs
+
+    emb = {"a": np.array([1.0, 0.0]), "b": np.array([0.0, 1.0]), "c": np.array([1.0, 1.0])}
+    ps = score_pairs(BlockJudge(), [("a", "c", True, 0), ("a", "b", False, 1), ("b", "c", True, 1)], emb)
+    sub = ps.restrict({("a", "b"), ("b", "c"), ("x", "y")})
+    assert sub.pairs == [("a", "b"), ("b", "c")] and sub.genuine.tolist() == [False, True]
+    np.testing.assert_allclose(sub.scores, [0.0, 1 / np.sqrt(2)])
+    assert (sub.total, sub.failed, sub.images) == (2, 0, 4) and sub.folds.tolist() == [1, 1]

@@ -322,7 +322,7 @@ def run_evaluation(opts: EvalOptions, comp: Components) -> EvalResult:
         "enrolment": {"images_with_face": len(faces), "failures": len(enrol.skipped),
                       "failed_examples": [f"{p}: {r}" for p, r in enrol.skipped[:5]],
                       "fte_rate_detector": len(enrol.skipped) / max(1, len(data.images))},
-        "verification": [], "rank1": [], "quality": [], "detectability": [], "notes": notes,
+        "verification": [], "common_pairs": [], "rank1": [], "quality": [], "detectability": [], "notes": notes,
     }
     for em in comp.embedding_methods:
         results["mask_given"][em.name] = given_label(NOTHING)
@@ -355,6 +355,7 @@ def run_evaluation(opts: EvalOptions, comp: Components) -> EvalResult:
             for cond in ("restored-vs-clean", "restored-vs-restored"):
                 key = ScoreKey(source, own, cond, em.name)
                 add_row(key, score_key_pairs(em.judge, key, sp[cond], emb), NOTHING)
+        results["common_pairs"] += common_pairs_block(scores, source, [j.name for j in comp.judges], opts)
         if source in views.truth:
             results["quality"] += quality_block(views, embeddings, comp, source, ran, by_name)
         if comp.detectability is not None:
@@ -366,6 +367,26 @@ def run_evaluation(opts: EvalOptions, comp: Components) -> EvalResult:
     if enrol.skipped:
         enrol.print_skipped("meer-eval", limit=5)
     return result
+
+
+def common_pairs_block(scores: dict[ScoreKey, PairScores], source: str, judges: list[str], opts: EvalOptions) -> list[dict]:
+    """Every judge on the pairs *all* judges enrolled, per condition and method: a judge that cannot enrol the
+    hard faces scores its easier subset higher, so figures with different failure-to-enrol rates do not compare;
+    these do. Only where some judge left pairs out (else the verification rows are already on the same pairs)."""
+    out = []
+    keys = dict.fromkeys((k.condition, k.method) for k in scores if k.source == source and k.judge in judges)
+    for cond, method in keys:
+        per = {j: scores.get(ScoreKey(source, j, cond, method)) for j in judges}
+        if len(judges) < 2 or any(ps is None for ps in per.values()):
+            continue
+        if all(ps.scored == ps.total for ps in per.values()):
+            continue
+        common = set.intersection(*(set(ps.pairs) for ps in per.values()))
+        total = next(iter(per.values())).total
+        rows = {j: ps.restrict(common).row(opts.seed, opts.bootstrap) for j, ps in per.items()}
+        out.append({"source": source, "condition": cond, "method": method, "pairs_total": total,
+                    "pairs_common": len(common), "judges": rows})
+    return out
 
 
 def _mean(v: np.ndarray) -> float | None:

@@ -163,6 +163,19 @@ def render_markdown(r: dict) -> str:
                 L += ["", "\\* fewer impostor pairs than 1/FAR: no threshold can be resolved at that FAR, the rate is "
                       "measured at zero false accepts instead (a lower bound)."]
             L.append("")
+        common = [c for c in r.get("common_pairs", []) if c["source"] == source]
+        if common:
+            judges_c = list(common[0]["judges"])
+            L += ["### every judge on the same pairs (the pairs all judges enrolled)", "",
+                  "A judge that cannot enrol some faces is scored above on the easier pairs it keeps; here each judge "
+                  "is scored on the pairs every judge enrolled.", "",
+                  "| condition | method | pairs kept | " + " | ".join(f"{j} accuracy % (95% CI)" for j in judges_c) + " |",
+                  "|---|---|---|" + "---|" * len(judges_c)]
+            for c in common:
+                cells = [accuracy_cell(v) if "accuracy" in v else f"n/a ({v.get('error')})" for v in c["judges"].values()]
+                L.append(f"| {c['condition']} | {c['method']} | {c['pairs_common']} of {c['pairs_total']} | "
+                         + " | ".join(cells) + " |")
+            L.append("")
         rk = [x for x in r["rank1"] if x["source"] == source]
         if rk:
             L += ["### rank-1 identification (gallery: first unmasked photo per identity)", "",

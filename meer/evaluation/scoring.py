@@ -57,6 +57,16 @@ class PairScores:
         return out
 
 
+    def restrict(self, keep: set[tuple[Hashable, Hashable]]) -> "PairScores":
+        """These scores on the pairs in ``keep`` only (``(probe, reference)`` ids; pairs not scored here are not
+        added): comparing judges on the pairs every one of them enrolled. ``total`` becomes the pairs kept, so
+        the restricted row has no failures to enrol of its own."""
+        idx = np.array([i for i, pair in enumerate(self.pairs) if pair in keep], dtype=np.int64)
+        pairs = [self.pairs[i] for i in idx]
+        images = len({a for a, _ in pairs} | {("ref", b) for _, b in pairs})
+        return PairScores(self.scores[idx], self.genuine[idx], self.folds[idx], pairs, len(pairs), images, 0)
+
+
 def score_pairs(judge: Judge, pairs: Sequence[PairRef], probes: Mapping[Hashable, np.ndarray],
                 references: Mapping[Hashable, np.ndarray] | None = None) -> PairScores:
     """Score ``pairs`` with ``judge``: ``probes`` / ``references`` map an id to the judge's embedding of that side's
