@@ -128,3 +128,16 @@ def test_png_level_is_lossless_and_trades_size(tmp_path, rgb):
     for p in (fast, small):
         assert np.array_equal(read_image(p).rgb, big)
     assert fast.stat().st_size > small.stat().st_size
+
+
+def test_durable_writes_fsync_and_fast_ones_do_not(tmp_path, rgb, monkeypatch):
+    import os
+
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real(fd))
+    write_image(tmp_path / "a.png", rgb)
+    assert len(synced) == 1
+    write_image(tmp_path / "b.png", rgb, durable=False)
+    assert len(synced) == 1 and np.array_equal(read_image(tmp_path / "b.png").rgb, rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]  # no temp files left

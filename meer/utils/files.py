@@ -57,8 +57,11 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename: readers see the old
+    file or the whole new one, never a part. ``durable=True`` also flushes the bytes to disk before the rename
+    (checkpoints, reports); ``False`` skips that ``fsync`` for many small outputs that can be made again (a few
+    ms per file, more than encoding a face crop takes)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -66,8 +69,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

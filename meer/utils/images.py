@@ -199,8 +199,9 @@ def encode_image(array: np.ndarray, suffix: str = ".png", quality: int = 95, png
 
 
 def write_image(path: str | Path, array: np.ndarray, overwrite: bool = False, quality: int = 95,
-                png_level: int = 6) -> Path:
-    """Atomically write ``array`` to ``path`` (format from the suffix); refuses to overwrite by default."""
+                png_level: int = 6, durable: bool = True) -> Path:
+    """Atomically write ``array`` to ``path`` (format from the suffix); refuses to overwrite by default.
+    ``durable``: see :func:`meer.utils.files.atomic_write_bytes`."""
     path = ensure_new(path, overwrite)
-    atomic_write_bytes(path, encode_image(array, path.suffix or ".png", quality, png_level))
+    atomic_write_bytes(path, encode_image(array, path.suffix or ".png", quality, png_level), durable=durable)
     return path
