@@ -51,7 +51,11 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# the meer package timed: this repository's, or another checkout's (before / after a change, same script, same
+# machine): MEER_CHECKOUT=/path/to/checkout python benchmarks/bench_restore.py folder (its data and checkpoint
+# are still this repository's)
+CHECKOUT = Path(os.environ.get("MEER_CHECKOUT") or REPO).resolve()
+sys.path.insert(0, str(CHECKOUT))
 
 from meer.config import from_dict  # noqa: E402
 from meer.faces.detect import FaceDetector  # noqa: E402
@@ -416,7 +420,8 @@ def folder_main(argv: list[str]) -> None:
     results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
                           f"{torch.get_num_threads()} torch threads",
                "torch": torch.__version__, "checkpoint": info["checkpoint"], "device": info["device"],
-               "precision": info["precision"], "batch_size": args.batch_size, "load_before": load_before, "sets": {}}
+               "precision": info["precision"], "batch_size": args.batch_size, "load_before": load_before,
+               "meer": str(Path(sys.modules["meer"].__file__).resolve().parents[1]), "sets": {}}
     with tempfile.TemporaryDirectory(prefix="meer_bench_restore_") as tmp:
         work = Path(tmp)
         folders = make_folders(args, work)
@@ -433,7 +438,8 @@ def folder_main(argv: list[str]) -> None:
     results["load_after"] = [round(x, 2) for x in os.getloadavg()]
 
     print(f"meer-restore vs MTCNN alone vs Telea on {results['machine']}; checkpoint {info['checkpoint']} "
-          f"({info['device']}, {info['precision']}), batch {args.batch_size}, best of {args.repeats}")
+          f"({info['device']}, {info['precision']}), batch {args.batch_size}, best of {args.repeats}; "
+          f"meer from {results['meer']}")
     print(f"load average before {load_before}, after {results['load_after']} (busy cores make every figure slower)")
     for name, res in results["sets"].items():
         runs = res["runs"]
