@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "folders with many face-less photos, misses more masked faces)")
     p.add_argument("--io-threads", type=int, default=None, metavar="N",
                    help="threads decoding photos ahead of the model, plus one writing the outputs behind it "
-                        "(default 2, 1 on a one-CPU machine; 0: read, restore and write one after the other)")
+                        "(default 2; 0 on machines with 1-2 CPUs, where threads compete with the model's; 0: read, "
+                        "restore and write one after the other)")
     p.add_argument("--overwrite", action="store_true", help="replace results already in OUTPUT")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
