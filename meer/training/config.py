@@ -49,7 +49,8 @@ class OptimConfig:
     betas_g: tuple[float, float] = (0.5, 0.99)
     betas_d: tuple[float, float] = (0.5, 0.99)
     weight_decay_r: float = 5e-4  # decoupled (AdamW) weight decay on the recognizer only
-    lr_pretrained_ratio: float = 0.1  # pretrained encoder + head (model.encoder: dlib) train at lr_r * this
+    # pretrained encoder + head (model.encoder: dlib) train at lr_r * this (0.1 can collapse the BN-free trunk)
+    lr_pretrained_ratio: float = 0.01
     grad_clip: float = 5.0  # max global grad norm per optimiser; 0 = no clipping
     schedule: Literal["constant", "cosine", "step"] = "cosine"
     warmup_steps: int = 0
