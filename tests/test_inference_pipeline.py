@@ -125,6 +125,24 @@ def test_below_min_occlusion_passes_through_unchanged(photo, detector):
         assert np.array_equal(res.rgb, photo.rgb) and not res.changed
 
 
+def test_occlusion_above_the_eyes_is_not_restored_with_infer_top(photo, detector):
+    """A forehead highlight taken for an occluder: with ``infer_top`` the face passes through (byte for byte),
+    without it the forehead is repainted; a lower-face mask is restored either way."""
+    forehead = np.zeros((112, 112), bool)
+    forehead[12:40, 30:82] = True  # 12 % of the crop
+    for top, status in ((0.0, "restored"), (0.42, "passthrough")):
+        model = tiny_meer()
+        model.cfg.infer_top = top
+        res = Restorer(steer(model, forehead), detector).restore_image(photo)
+        assert [f.status for f in res.faces] == [status]
+        assert res.changed == (status == "restored")
+    model = tiny_meer()
+    model.cfg.infer_top = 0.42
+    res = Restorer(steer(model, lower_face() | forehead), detector).restore_image(photo)
+    region = res.faces[0].region
+    assert res.faces[0].status == "restored" and region[:45].max() == 0 and region[LOWER_FACE].min() > 0
+
+
 def test_random_model_never_touches_pixels_outside_its_region(photo, detector):
     """Without steering: whatever the random model predicts, pixels outside the region stay exact."""
     res = Restorer(tiny_meer(3), detector, min_occlusion=0.0).restore_image(photo)

@@ -336,3 +336,22 @@ def test_restore_selected_matches_forward_and_skips_the_generator_for_the_rest()
         assert seen == [] and torch.equal(none.restored, masked)
         with pytest.raises(ValueError, match="one flag per face"):
             m.restore_selected(masked, lambda occ: torch.ones(3, dtype=torch.bool))
+
+
+def test_nothing_above_infer_top_is_restored():
+    """Predicted occlusion above ``infer_top`` of the crop (a forehead highlight, a hat) is ignored: the composite
+    mask is empty there and those pixels come back bit-identical; below it nothing changes."""
+    _, masked, _ = batch(2)
+    everywhere = lambda mod, inp, out: torch.full_like(out, 20.0)  # noqa: E731  the head says: all occluded
+    plain, limited = model().eval(), model(infer_top=0.5).eval()
+    for m in (plain, limited):
+        m.decoupling.occ_head.register_forward_hook(everywhere)
+    with torch.no_grad():
+        a, b = plain(masked), limited(masked)
+    top = S // 2
+    assert a.composite_mask[..., :top, :].min() == 1 and b.composite_mask[..., :top - 2, :].max() == 0
+    assert torch.equal(b.composite_mask[..., top:, :], a.composite_mask[..., top:, :])
+    assert torch.equal(b.restored[..., :top - 2, :], masked[..., :top - 2, :])  # up to the dilation ring
+    torch.testing.assert_close(limited.restorable(b.occ_map)[..., :top, :], torch.zeros(2, 1, top, S))
+    with pytest.raises(ValueError, match="infer_top"):
+        tiny(infer_top=1.0)

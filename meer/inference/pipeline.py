@@ -257,8 +257,8 @@ class Restorer:
     def _run_model(self, crops: np.ndarray) -> dict[str, list]:
         x = images_to_tensor(crops, self.device)
 
-        def occluded_share(occ_map: torch.Tensor) -> torch.Tensor:
-            return (occ_map.float() > self.threshold).float().mean(dim=(1, 2, 3))
+        def occluded_share(occ_map: torch.Tensor) -> torch.Tensor:  # of what the model may restore (infer_top)
+            return (self.model.restorable(occ_map.float()) > self.threshold).float().mean(dim=(1, 2, 3))
 
         # the generator runs only for the faces that will be restored: a face passed through costs the recognizer
         with autocast(self.device, self.dtype):

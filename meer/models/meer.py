@@ -99,6 +99,9 @@ class MEERConfig:
     # inference compositing
     infer_threshold: float = 0.5
     infer_dilate: int = 2  # pixels
+    # rows above this fraction of the crop height are never restored: masks sit below the eyes (the ArcFace eye line
+    # is at 0.46), so predicted occlusion up there is a forehead highlight, a hat or a fringe (0: no limit)
+    infer_top: float = 0.0
 
     def __post_init__(self) -> None:
         self.enc_layers = tuple(int(n) for n in self.enc_layers)
@@ -108,6 +111,8 @@ class MEERConfig:
             raise ValueError(f"infer_threshold must be in (0, 1), got {self.infer_threshold}")
         if self.infer_dilate < 0:
             raise ValueError(f"infer_dilate must be >= 0, got {self.infer_dilate}")
+        if not 0.0 <= self.infer_top < 1.0:
+            raise ValueError(f"infer_top must be a fraction in [0, 1), got {self.infer_top}")
         for name in ("enc_width", "split_channels", "occ_head_width", "id_dim", "occ_dim", "embedding_dim", "gen_width", "num_mask_kinds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -193,9 +198,18 @@ class MEER(nn.Module):
             dec = call(self.decoupling, feats, tuple(images.shape[-2:]))
         return feats, dec, call(self.head, dec["id_code"])
 
+    def restorable(self, occ_map: torch.Tensor) -> torch.Tensor:
+        """The soft occlusion map where the model may restore: zero above ``infer_top`` of the crop's height."""
+        top = round(self.cfg.infer_top * occ_map.shape[-2])
+        if top <= 0:
+            return occ_map
+        rows = torch.arange(occ_map.shape[-2], device=occ_map.device).view(-1, 1) >= top
+        return occ_map * rows.to(occ_map.dtype)
+
     def composite_mask(self, occ_map: torch.Tensor) -> torch.Tensor:
-        """Binarise a soft occlusion map at ``infer_threshold`` and dilate it by ``infer_dilate`` pixels."""
-        m = (occ_map.detach().float() > self.cfg.infer_threshold).float()
+        """Binarise a soft occlusion map at ``infer_threshold`` (above ``infer_top``: nothing), dilate it by
+        ``infer_dilate`` pixels."""
+        m = (self.restorable(occ_map.detach().float()) > self.cfg.infer_threshold).float()
         r = self.cfg.infer_dilate
         if r > 0:
             # Dilation by a flat (2r+1)^2 square is exactly a stride-1 max-pool (the tests check equality with
