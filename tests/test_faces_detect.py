@@ -211,3 +211,26 @@ def test_mirrored_pass_keeps_only_what_the_mirror_finds_too(detector, astronaut,
     assert mirrored.detect_one(np.full((64, 80, 3), 90, np.uint8)) == [] and calls == [1]
     with pytest.raises(MeerError, match="upscale"):
         FaceDetector("cpu", passes=[(0.0, 20, None, 8.0)], fallback=None, mtcnn_module=detector.mtcnn)
+
+
+def test_a_detection_nested_in_a_better_one_is_dropped(detector, astronaut):
+    """A low-score 'face' on a real face's forehead (what MTCNN's low thresholds find on some LFW photos) is
+    dropped; side-by-side faces and faces that only touch are kept."""
+    from meer.faces.detect import overlap_of_smaller
+
+    a, b = np.array([0, 0, 10, 10.0]), np.array([5, 5, 25, 25.0])
+    assert overlap_of_smaller(a, b) == pytest.approx(0.25) and overlap_of_smaller(b, a) == pytest.approx(0.25)
+    assert overlap_of_smaller(a, np.array([2, 2, 4, 4.0])) == 1.0 and overlap_of_smaller(a, a + 20) == 0.0
+    lm = np.zeros((5, 2), np.float32)
+    face = FaceDetection(np.array([70, 60, 170, 190], np.float32), 0.99, lm, "mtcnn")
+    forehead = FaceDetection(np.array([80, 40, 140, 100], np.float32), 0.70, lm, "mtcnn")  # 2/3 of it inside the face
+    neighbour = FaceDetection(np.array([165, 60, 265, 190], np.float32), 0.95, lm, "mtcnn")  # touches the face (5 %)
+    kept = detector._drop_nested([forehead, neighbour, face])
+    assert kept == [face, neighbour]
+    keep_all = FaceDetector("cpu", passes=[(0.0, 20)], fallback=None, mtcnn_module=detector.mtcnn, max_overlap=None)
+    assert keep_all._drop_nested([forehead, face]) == [forehead, face]
+    # through detect(): two real faces side by side both survive
+    pair = np.concatenate([astronaut, astronaut], axis=1)
+    assert len(detector.detect([pair])[0]) == 2
+    with pytest.raises(MeerError, match="max_overlap"):
+        FaceDetector("cpu", fallback=None, mtcnn_module=detector.mtcnn, max_overlap=0.0)
