@@ -227,6 +227,10 @@ def test_a_detection_nested_in_a_better_one_is_dropped(detector, astronaut):
     neighbour = FaceDetection(np.array([165, 60, 265, 190], np.float32), 0.95, lm, "mtcnn")  # touches the face (5 %)
     kept = detector._drop_nested([forehead, neighbour, face])
     assert kept == [face, neighbour]
+    # a larger face is never dropped for a smaller, better-scored one it covers (a face in front of another)
+    front = FaceDetection(np.array([60, 50, 200, 210], np.float32), 0.90, lm, "mtcnn")
+    behind = FaceDetection(np.array([150, 60, 200, 120], np.float32), 0.99, lm, "mtcnn")
+    assert detector._drop_nested([front, behind]) == [behind, front]
     keep_all = FaceDetector("cpu", passes=[(0.0, 20)], fallback=None, mtcnn_module=detector.mtcnn, max_overlap=None)
     assert keep_all._drop_nested([forehead, face]) == [forehead, face]
     # through detect(): two real faces side by side both survive

@@ -111,10 +111,11 @@ class FaceDetector:
             1 each find one face (different photos), 1 takes 4.4x the time (1.2 s per 250 px photo, one thread).
         batch_size: images per MTCNN forward pass (images of the same size are batched together).
         mtcnn_module: an existing ``facenet_pytorch.MTCNN`` (tests pass one with random weights).
-        max_overlap: a detection whose box overlaps a higher-scoring one by more than this share of the smaller
-            box is dropped (faces do not nest: on the clean LFW evaluation photos every such pair was a real face
-            and a low-score false one on its forehead or eyes, which the restorer then repainted; MTCNN's own last
-            suppression works the same way at 0.7). ``None``: keep them.
+        max_overlap: a detection lying by more than this share of its own box inside a larger, higher-scoring one
+            is dropped (on the clean LFW evaluation photos every such pair was a real face and a low-score false
+            one on its forehead or eyes, which the restorer then repainted; MTCNN's own last suppression is alike,
+            at 0.7). A larger box is never dropped for a smaller one: a face close to the camera can cover much of
+            one behind it. ``None``: keep them.
         plausibility: :class:`~meer.faces.plausibility.PlausibilityLimits` that every detection's
             landmarks must meet (MTCNN passes and the fallback alike; rejected ones count as not
             found), or ``None`` (default) to keep every detection. With ``PlausibilityLimits()`` the
@@ -203,13 +204,13 @@ class FaceDetector:
         return [sorted(self._drop_nested(dets), key=lambda d: -d.area) for dets in results]
 
     def _drop_nested(self, dets: list[FaceDetection]) -> list[FaceDetection]:
-        """Highest score first, drop each detection overlapping a kept one by more than ``max_overlap`` of the
-        smaller box."""
+        """Highest score first, drop each detection lying by more than ``max_overlap`` of its area inside a kept,
+        larger one."""
         if self.max_overlap is None or len(dets) < 2:
             return dets
         kept: list[FaceDetection] = []
         for d in sorted(dets, key=lambda d: -d.score):
-            if all(overlap_of_smaller(d.box, k.box) <= self.max_overlap for k in kept):
+            if all(k.area <= d.area or overlap_of_smaller(d.box, k.box) <= self.max_overlap for k in kept):
                 kept.append(d)
         return kept
 
