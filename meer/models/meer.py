@@ -92,7 +92,7 @@ class MEERConfig:
     gen_max_width: int = 256
     gen_grad_to_encoder: bool = True
     gen_template: bool = False  # mean-face template prior (see UNetGenerator); training initialises it
-    gen_template_lowpass: bool = False  # read the template through a binomial filter: no period-2 grid, no seam
+    gen_template_lowpass: bool = False  # read the template through a 5-tap binomial filter: no stripe grid, no seam
     # id-preserving loss gradient switches (ablations)
     id_grad_to_generator: bool = True
     id_grad_to_recognizer: bool = True
