@@ -19,7 +19,9 @@ detector on what it misses), one photo at a time, on (``../shared/data``):
 ``--cascade previous`` runs the cascade as it was before the mirrored passes (its first five passes + dlib with the
 photo upsampled once); ``--keep-nested`` keeps detections nested in a better one (``max_overlap=None``, as before
 2026-12-03). Measured 2026-12-03 (2-core CPU): dropping them took LFW's false faces from 104 to 98 and RMFRD's from
-8 to 0, detection rates unchanged (RWMFD 95.3 %, RMFRD 96.0 %, LFW 100 %).
+8 to 5, detection rates unchanged (RWMFD 95.3 %, RMFRD 96.0 %, LFW 100 %); on RWMFD 9 of 1,508 detections go, each
+checked by eye: duplicates of a face, an ear, part of a mask (a first rule that also dropped a larger box for a
+smaller one lost a face close to the camera).
 ``--records`` keeps every photo's detections (boxes, scores, which pass found them); ``--compare`` lists the photos
 whose outcome differs between two record files and, with ``--sheet``, draws the detections that only the second
 found (crops, for checking by eye whether they are faces: RWMFD has no labels).
