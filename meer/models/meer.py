@@ -200,10 +200,11 @@ class MEER(nn.Module):
 
     def restorable(self, occ_map: torch.Tensor) -> torch.Tensor:
         """The soft occlusion map where the model may restore: zero above ``infer_top`` of the crop's height."""
-        top = round(self.cfg.infer_top * occ_map.shape[-2])
-        if top <= 0:
+        if self.cfg.infer_top <= 0:
             return occ_map
-        rows = torch.arange(occ_map.shape[-2], device=occ_map.device).view(-1, 1) >= top
+        h = int(occ_map.shape[-2])  # a Python int also when traced for export (the crop size is fixed)
+        top = int(self.cfg.infer_top * h + 0.5)
+        rows = torch.arange(h, device=occ_map.device).view(-1, 1) >= top
         return occ_map * rows.to(occ_map.dtype)
 
     def composite_mask(self, occ_map: torch.Tensor) -> torch.Tensor:
