@@ -120,6 +120,16 @@ def detect_faces(imgs: torch.Tensor, minsize: float, nets: tuple[nn.Module, nn.M
     imgs = torch.as_tensor(imgs, device=device).permute(0, 3, 1, 2).type(model_dtype)
     batch_size = len(imgs)
     h, w = imgs.shape[2:4]
+
+    def normalise(pixels: torch.Tensor) -> torch.Tensor:  # MTCNN's input range: (x - 127.5) / 128
+        return (pixels - 127.5) * 0.0078125
+
+    def refine(net: nn.Module, boxes: torch.Tensor, image_inds: torch.Tensor, size: int):
+        """R-Net / O-Net outputs for the candidate ``boxes``: each cropped from its image (squared, clipped to the
+        photo as facenet-pytorch's ``pad`` does) and resized to ``size`` px."""
+        y, ey, x, ex = pad(boxes, w, h)
+        return fixed_batch_process(normalise(area_crops(imgs, image_inds, y - 1, ey, x - 1, ex, size)), net)
+
     m = 12.0 / minsize
     minl = min(h, w) * m
     scales = []
@@ -133,9 +143,7 @@ def detect_faces(imgs: torch.Tensor, minsize: float, nets: tuple[nn.Module, nn.M
     boxes, image_inds, scale_picks = [], [], []
     offset = 0
     for scale in scales:
-        im_data = interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")
-        im_data = (im_data - 127.5) * 0.0078125
-        reg, probs = pnet(im_data)
+        reg, probs = pnet(normalise(interpolate(imgs, size=(int(h * scale + 1), int(w * scale + 1)), mode="area")))
         boxes_scale, image_inds_scale = generateBoundingBox(reg, probs[:, 1], scale, threshold[0])
         boxes.append(boxes_scale)
         image_inds.append(image_inds_scale)
@@ -159,10 +167,7 @@ def detect_faces(imgs: torch.Tensor, minsize: float, nets: tuple[nn.Module, nn.M
 
     # second stage: R-Net on 24 px crops of the candidates
     if len(boxes) > 0:
-        y, ey, x, ex = pad(boxes, w, h)
-        im_data = area_crops(imgs, image_inds, y - 1, ey, x - 1, ex, 24)
-        im_data = (im_data - 127.5) * 0.0078125
-        out = fixed_batch_process(im_data, rnet)
+        out = refine(rnet, boxes, image_inds, 24)
         out0 = out[0].permute(1, 0)
         out1 = out[1].permute(1, 0)
         score = out1[1, :]
@@ -178,10 +183,7 @@ def detect_faces(imgs: torch.Tensor, minsize: float, nets: tuple[nn.Module, nn.M
     # third stage: O-Net on 48 px crops: scores, boxes, landmarks
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) > 0:
-        y, ey, x, ex = pad(boxes, w, h)
-        im_data = area_crops(imgs, image_inds, y - 1, ey, x - 1, ex, 48)
-        im_data = (im_data - 127.5) * 0.0078125
-        out = fixed_batch_process(im_data, onet)
+        out = refine(onet, boxes, image_inds, 48)
         out0 = out[0].permute(1, 0)
         out1 = out[1].permute(1, 0)
         out2 = out[2].permute(1, 0)
