@@ -24,6 +24,7 @@ import numpy as np
 
 from meer.evaluation.geometry import check_crops, reflect_pad
 from meer.evaluation.judge import Judge, JudgeOutput
+from meer.faces.detect import box_iou
 from meer.faces.dlib_chip import DLIB_POINTS_112
 from meer.models.teacher import TEACHER_WEIGHTS
 from meer.utils import dlib_models as models
@@ -115,11 +116,3 @@ class DlibJudge(Judge):
                     out[i] = True
                     break
         return out
-
-
-def box_iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0

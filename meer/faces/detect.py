@@ -284,18 +284,25 @@ class FaceDetector:
         return out
 
 
-def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection of two ``x1 y1 x2 y2`` boxes over the smaller one's area (1 = one lies inside the other)."""
+def _area(box: np.ndarray) -> float:
+    return float((box[2] - box[0]) * (box[3] - box[1]))
+
+
+def _intersection(a: np.ndarray, b: np.ndarray) -> float:
+    """Area shared by two ``x1 y1 x2 y2`` boxes."""
     iw = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
     ih = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
-    smaller = min(float((a[2] - a[0]) * (a[3] - a[1])), float((b[2] - b[0]) * (b[3] - b[1])))
-    return iw * ih / smaller if smaller > 0 else 0.0
+    return iw * ih
+
+
+def overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of two ``x1 y1 x2 y2`` boxes over the smaller one's area (1 = one lies inside the other)."""
+    smaller = min(_area(a), _area(b))
+    return _intersection(a, b) / smaller if smaller > 0 else 0.0
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two ``x1 y1 x2 y2`` boxes."""
-    iw = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
-    ih = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
-    inter = iw * ih
-    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    inter = _intersection(a, b)
+    union = _area(a) + _area(b) - inter
     return inter / union if union > 0 else 0.0
