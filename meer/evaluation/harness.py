@@ -373,11 +373,13 @@ def common_pairs_block(scores: dict[ScoreKey, PairScores], source: str, judges: 
     """Every judge on the pairs *all* judges enrolled, per condition and method: a judge that cannot enrol the
     hard faces scores its easier subset higher, so figures with different failure-to-enrol rates do not compare;
     these do. Only where some judge left pairs out (else the verification rows are already on the same pairs)."""
-    out = []
+    out: list[dict] = []
+    if len(judges) < 2:
+        return out
     keys = dict.fromkeys((k.condition, k.method) for k in scores if k.source == source and k.judge in judges)
     for cond, method in keys:
         per = {j: scores.get(ScoreKey(source, j, cond, method)) for j in judges}
-        if len(judges) < 2 or any(ps is None for ps in per.values()):
+        if any(ps is None for ps in per.values()):
             continue
         if all(ps.scored == ps.total for ps in per.values()):
             continue
