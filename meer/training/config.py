@@ -35,6 +35,11 @@ class DataConfig:
     # roots of faces without identity labels (one photo per person, e.g. faces/lfw_singles): trained for
     # restoration, occlusion and distillation, never by the margin or identity-adversary losses (label -1)
     unlabeled_roots: list[str] = field(default_factory=list)
+    # roots of aligned photos with *real* masks (e.g. RMFRD's masked photos of its training identities), named
+    # like a labelled identity of data.roots; no pixel ground truth: they train the recognition branch only
+    # (loss.w_real_distill, loss.w_real_id; meer.training.real_masked), real_masked_per_step of them per step
+    real_masked_roots: list[str] = field(default_factory=list)
+    real_masked_per_step: int = 4
 
 
 @dataclass
@@ -110,6 +115,10 @@ class LossConfig:
     # works on photos without identity labels (data.unlabeled_roots). The embedding is mapped by a learned
     # linear projection when its size differs from the teacher's.
     w_distill: float = 0.0
+    # real masked photos (data.real_masked_roots): 1 - cos(embedding(real masked), teacher's mean embedding of the
+    # person's clean training photos), and the margin loss on the same embeddings
+    w_real_distill: float = 0.0
+    w_real_id: float = 0.0
 
 
 @dataclass
@@ -212,6 +221,12 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("val.pairs must be at least 2")
     if (cfg.loss.w_teacher_id > 0 or cfg.loss.w_distill > 0) and not cfg.loss.teacher:
         raise ConfigError("loss.w_teacher_id / loss.w_distill need a teacher (loss.teacher=dlib)")
+    if cfg.loss.w_real_distill > 0 and not cfg.loss.teacher:
+        raise ConfigError("loss.w_real_distill needs a teacher (loss.teacher=dlib)")
+    if (cfg.loss.w_real_distill > 0 or cfg.loss.w_real_id > 0) and not cfg.data.real_masked_roots:
+        raise ConfigError("loss.w_real_distill / loss.w_real_id need data.real_masked_roots")
+    if cfg.data.real_masked_per_step < 1:
+        raise ConfigError(f"data.real_masked_per_step must be at least 1, got {cfg.data.real_masked_per_step}")
     for w in [f for f in vars(cfg.loss) if f.startswith("w_")]:
         if getattr(cfg.loss, w) < 0:
             raise ConfigError(f"loss.{w} must be >= 0, got {getattr(cfg.loss, w)}")

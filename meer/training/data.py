@@ -26,6 +26,7 @@ from meer.data.splits import read_identity_list
 from meer.masking.batch import MaskAugment
 from meer.training.distributed import DistInfo
 from meer.training.phases import Batch
+from meer.training.real_masked import RealMaskedSet, summary as real_summary
 from meer.training.task import Task, TaskData
 from meer.training.validate import build_val_set
 from meer.utils.errors import MeerError
@@ -68,6 +69,7 @@ class Splits:
     val: IdentityFolderDataset | None
     eval_only: set[str]
     val_names: list[str]
+    real: RealMaskedSet | None = None  # data.real_masked_roots: photos with real masks of labelled identities
 
 
 def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
@@ -117,7 +119,13 @@ def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
     bare_leaked = {n for n in train.identities if n.split("/", 1)[-1] in eval_only}
     if leaked or bare_leaked:  # cannot happen with meer.data.splits; kept as a last guard
         raise MeerError(f"evaluation identity in the training split: {sorted(leaked | bare_leaked)[0]}")
-    return Splits(train=TrainSet(train, unlabeled), val=val, eval_only=eval_only, val_names=val_names)
+    real = None
+    if getattr(data_cfg, "real_masked_roots", None):
+        real = RealMaskedSet(list(data_cfg.real_masked_roots), train, eval_only | set(val_names), image_size)
+        real_names = {train.identities[int(lb)].split("/", 1)[-1] for lb in real.labels.unique()}
+        if real_names & (eval_only | {n.split("/", 1)[-1] for n in val_names}):  # last guard, as above
+            raise MeerError("evaluation or validation identity among the real masked photos")
+    return Splits(train=TrainSet(train, unlabeled), val=val, eval_only=eval_only, val_names=val_names, real=real)
 
 
 def collate(items: list[dict]) -> dict:
@@ -155,7 +163,8 @@ def describe_splits(splits: Splits, images_per_identity: int) -> str:
     return (f"train: {len(splits.train) - splits.train.num_unlabeled} images of {splits.train.num_classes} identities"
             + (f" + {splits.train.num_unlabeled} unlabelled faces" if splits.train.num_unlabeled else "") + "; "
             f"validation: {len(splits.val_names)} held-out identities (up to {images_per_identity} images each); "
-            f"{len(splits.eval_only)} evaluation-only identities excluded")
+            f"{len(splits.eval_only)} evaluation-only identities excluded"
+            + (f"; {real_summary(splits.real)}" if splits.real is not None else ""))
 
 
 class IdentityFolderTask(Task):
@@ -166,6 +175,7 @@ class IdentityFolderTask(Task):
     cfg: object
     dist: DistInfo
     masking: MaskAugment | None
+    real: RealMaskedSet | None = None  # drawn into every batch when set (data.real_masked_roots)
 
     @classmethod
     def build_data(cls, cfg, dist: DistInfo) -> TaskData:
@@ -189,5 +199,10 @@ class IdentityFolderTask(Task):
                                                      generator, self.dist.rank, self.dist.world_size,
                                                      self.cfg.data.hflip)
         index = raw.get("index")
+        real = real_labels = None
+        if self.real is not None:
+            real, real_labels = self.real.draw(self.cfg.data.real_masked_per_step, generator, device, self.dist.rank,
+                                               self.dist.world_size, self.cfg.data.hflip)
         return Batch(clean=clean, masked=masked, mask=mask, labels=raw["identity"].to(device), kind=kind,
-                     index=index.to(device) if index is not None else None, flipped=flipped)
+                     index=index.to(device) if index is not None else None, flipped=flipped, real=real,
+                     real_labels=real_labels)

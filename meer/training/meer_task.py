@@ -31,6 +31,7 @@ from meer.training import phases
 from meer.training.data import IdentityFolderTask
 from meer.training.distributed import DistInfo
 from meer.training.ema import EMA
+from meer.training.real_masked import IdentityTargets
 from meer.training.teacher_targets import TeacherTargets
 from meer.training.task import (NonFiniteLoss, TaskData, autocast_factory, build_schedulers, clip_grad_norm,
                                 count_params, step_schedulers)
@@ -82,8 +83,9 @@ class MEERTask(IdentityFolderTask):
         # frozen identity teacher (never in an optimiser, never in a checkpoint: rebuilt from loss.teacher)
         self.teacher = build_teacher(lc.teacher, device) if lc.teacher else None
         self.targets: TeacherTargets | None = None  # the clean faces' teacher embeddings (from_data sets it)
+        self.real_targets: IdentityTargets | None = None  # the identities' mean teacher embeddings (real masks)
         self.distill_proj = None
-        if self.teacher is not None and lc.w_distill > 0 and self.teacher.dim != emb_dim:
+        if self.teacher is not None and (lc.w_distill > 0 or lc.w_real_distill > 0) and self.teacher.dim != emb_dim:
             self.distill_proj = nn.Linear(emb_dim, self.teacher.dim, bias=False).to(device)
 
         oc = cfg.optim
@@ -127,6 +129,11 @@ class MEERTask(IdentityFolderTask):
         task = build(cfg, data.info["num_classes"], data.info["num_mask_kinds"], dist, masking=data.info["masking"])
         if task.teacher is not None and cfg.loss.teacher_cache:
             task.targets = TeacherTargets(len(data.train), task.teacher.dim)
+        real = data.info["splits"].real if "splits" in data.info else None
+        if real is not None and (cfg.loss.w_real_distill > 0 or cfg.loss.w_real_id > 0):
+            task.real = real
+            if cfg.loss.w_real_distill > 0:
+                task.real_targets = IdentityTargets(data.train.labeled, task.teacher.dim)
         return task
 
     @torch.no_grad()
@@ -229,6 +236,7 @@ class MEERTask(IdentityFolderTask):
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scalers": {"g": self.scaler.state_dict(), "d": self.scaler_d.state_dict()},
             **({"teacher_targets": self.targets.state_dict()} if self.targets is not None else {}),
+            **({"real_targets": self.real_targets.state_dict()} if self.real_targets is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -252,6 +260,11 @@ class MEERTask(IdentityFolderTask):
         if self.targets is not None and "teacher_targets" in state:  # else: filled again as faces are drawn
             try:
                 self.targets.load_state_dict(state["teacher_targets"])
+            except ValueError as exc:
+                raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
+        if self.real_targets is not None and "real_targets" in state:  # else: computed again as drawn
+            try:
+                self.real_targets.load_state_dict(state["real_targets"])
             except ValueError as exc:
                 raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
         if state["scalers"]["g"]:
@@ -286,6 +299,11 @@ class MEERTask(IdentityFolderTask):
                 fwd = phases.forward(self.model, batch, lc, teacher=self.teacher, teacher_clean=t_clean)
             with record_function("meer/losses"):
                 parts = phases.recognizer_phase(fwd, batch, self.margin, self.decoupling, lc, self.distill_proj)
+                if batch.real is not None:
+                    t_real = (self.real_targets.lookup(self.teacher.embed, batch.real_labels)
+                              if self.real_targets is not None else None)
+                    parts.update(phases.real_masked_phase(self.model, batch, self.margin, t_real, lc,
+                                                          self.distill_proj))
                 parts.update(phases.g_phase(fwd, batch, self.margin, self.recon, self.d_patch, self.d_local, lc,
                                             model=self.model, balance=self._balance if self.dist.enabled else None))
         diagnostics = {k: parts.pop(k) for k in [k for k in parts if "/" in k]}  # logged, not trained on

@@ -49,6 +49,8 @@ class Batch:
     kind: torch.Tensor  # B long, index into MaskAugment.KINDS
     index: torch.Tensor | None = None  # B long: the training set's sample index (None: not from the training set)
     flipped: torch.Tensor | None = None  # B bool: the clean face was mirrored
+    real: torch.Tensor | None = None  # R x 3 x H x W: photos with real masks (no pixel ground truth)
+    real_labels: torch.Tensor | None = None  # R long: their identities' labels
 
 
 @dataclass
@@ -67,7 +69,7 @@ WEIGHTS = {
     "distill": "w_distill", "l1_masked": "w_l1", "l1_visible": "w_l1_visible", "lpips": "w_lpips",
     "perceptual_random_trunk": "w_lpips", "perceptual": "w_perceptual", "adv_patch": "w_adv_patch",
     "adv_local": "w_adv_local", "id_preserve": "w_id_preserve", "id_restored": "w_id_restored",
-    "teacher_id": "w_teacher_id", "d_patch": None, "d_local": None, "r1": None,
+    "teacher_id": "w_teacher_id", "real_distill": "w_real_distill", "real_id": "w_real_id", "d_patch": None, "d_local": None, "r1": None,
 }
 
 
@@ -146,6 +148,24 @@ def recognizer_phase(fwd: Forward, batch: Batch, margin_head: nn.Module, decoupl
         # template-level distillation (MaskInv): the masked face's embedding towards the teacher's clean one
         emb = distill_proj(out.embedding) if distill_proj is not None else out.embedding
         parts["distill"] = id_preserving_loss(emb, fwd.teacher_clean)
+    return parts
+
+
+def real_masked_phase(model: nn.Module, batch: Batch, margin_head: nn.Module, teacher_targets: torch.Tensor | None,
+                      loss_cfg, distill_proj: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Unweighted parts on the photos with real masks (``batch.real``): they have no pixel ground truth, so
+    only the recognition branch learns from them, through its embedding of the masked photo: towards the
+    teacher's mean embedding of the person's clean photos (``teacher_targets``, ``real_distill``) and the margin
+    loss with the person's label (``real_id``)."""
+    parts: dict[str, torch.Tensor] = {}
+    if batch.real is None or (loss_cfg.w_real_distill <= 0 and loss_cfg.w_real_id <= 0):
+        return parts
+    emb = model.embed(batch.real)
+    if loss_cfg.w_real_distill > 0 and teacher_targets is not None:
+        parts["real_distill"] = id_preserving_loss(distill_proj(emb) if distill_proj is not None else emb,
+                                                   teacher_targets)
+    if loss_cfg.w_real_id > 0:
+        parts["real_id"] = margin_head.loss(emb, batch.real_labels)
     return parts
 
 
