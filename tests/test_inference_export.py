@@ -70,8 +70,10 @@ def test_torchscript_files_match_pytorch(tmp_path, encoder):
     m = tiny(encoder)
     if encoder == "dlib":  # the shipped model's inference settings: nothing restored above the eyes, low-pass template
         m.cfg.infer_top, m.cfg.gen_template_lowpass, m.cfg.gen_template = 0.42, True, True
+        m.cfg.gen_template_lowpass_taps = 9
         m.generator = type(m.generator)(m.encoder.channels, m.encoder.feature_sizes(32)[-1], 256, 8, 32,
-                                        template=True, image_size=32, template_lowpass=True).eval()
+                                        template=True, image_size=32, template_lowpass=True,
+                                        template_lowpass_taps=9).eval()
     res = export_model(m, tmp_path, ("torchscript",))
     x = torch.rand(3, 3, 32, 32)
     ref = reference(m, x)

@@ -37,6 +37,16 @@ def test_round_trip_fp16_weights_only(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # atomic write left no temp file
 
 
+def test_a_checkpoint_from_before_a_config_key_loads_with_its_old_default(tmp_path):
+    """Checkpoints written before ``gen_template_lowpass_taps`` existed were trained with the 5-tap read-out."""
+    path = save_inference_checkpoint(_model(), tmp_path / "old.pt", {"step": 1})
+    raw = torch.load(path, weights_only=True)
+    raw["config"].pop("gen_template_lowpass_taps")
+    torch.save(raw, path)
+    loaded, _ = load_meer(path)
+    assert loaded.cfg.gen_template_lowpass_taps == 5 and loaded.generator.lowpass.shape[-1] == 5
+
+
 def test_ddp_like_wrapper_is_unwrapped(tmp_path):
     class Wrapper(torch.nn.Module):
         def __init__(self, module):

@@ -1,6 +1,8 @@
 """MEER model: shapes, composite bit-identity, parameter groups, gradient routing of every loss, autocast."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -310,6 +312,31 @@ def test_lowpass_template_cannot_carry_a_period_2_grid_or_learn_one():
         assert abs(float((grad * pattern).sum())) < 1e-6 * float(grad.abs().sum())
     # the filter is a fixed, non-persistent buffer: not in the state dict, old checkpoints load
     assert "generator.lowpass" not in m.state_dict()
+
+
+def test_lowpass_length_sets_the_template_read_out():
+    """``gen_template_lowpass_taps``: a binomial of that length; 5 (the default, what older checkpoints were trained
+    with) is ``[1, 4, 6, 4, 1] / 16``; 9 also damps an 8-pixel period to ``cos(pi / 8) ** 8`` of its amplitude."""
+    five = model(gen_template=True, gen_template_lowpass=True).generator.lowpass[0, 0]
+    k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16
+    torch.testing.assert_close(five, k[:, None] * k[None, :])
+    m = model(gen_template=True, gen_template_lowpass=True, gen_template_lowpass_taps=9)
+    k9 = m.generator.lowpass[0, 0].sum(dim=0)  # the 1-D kernel
+    assert k9.shape == (9,) and float(k9.sum()) == pytest.approx(1.0)
+    for period, want in ((2, 0.0), (4, math.cos(math.pi / 4) ** 8), (8, math.cos(math.pi / 8) ** 8)):
+        response = sum(float(k9[i]) * math.cos(2 * math.pi * (i - 4) / period) for i in range(9))
+        assert response == pytest.approx(want, abs=1e-6)
+    # on the template: a vertical 8-pixel stripe added to it reaches the read-out at that amplitude (interior columns)
+    m.generator.init_template(torch.full((3, S, S), 0.5))
+    x = torch.arange(S, dtype=torch.float32)
+    with torch.no_grad():
+        m.generator.template.add_(0.1 * torch.cos(2 * math.pi * x / 8).view(1, 1, 1, S))
+        read = m.generator.template_image()[0, 0, S // 2, 8:24]
+    torch.testing.assert_close(read, 0.1 * math.cos(math.pi / 8) ** 8 * torch.cos(2 * math.pi * x[8:24] / 8), atol=1e-5,
+                               rtol=0)
+    for bad in (4, 1, 17):
+        with pytest.raises(ValueError, match="template_lowpass_taps"):
+            model(gen_template=True, gen_template_lowpass=True, gen_template_lowpass_taps=bad)
 
 
 def test_restore_selected_matches_forward_and_skips_the_generator_for_the_rest():

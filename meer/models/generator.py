@@ -75,6 +75,7 @@ class UNetGenerator(nn.Module):
         template: bool = False,
         image_size: int = 112,
         template_lowpass: bool = False,
+        template_lowpass_taps: int = 5,
     ) -> None:
         super().__init__()
         n = len(enc_channels)
@@ -96,8 +97,11 @@ class UNetGenerator(nn.Module):
         )
         self.template = None
         self.template_lowpass = template_lowpass
-        k = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
-        self.register_buffer("lowpass", (k[:, None] * k[None, :] / 256.0).expand(3, 1, 5, 5).clone(), persistent=False)
+        if template_lowpass_taps < 3 or template_lowpass_taps % 2 == 0 or template_lowpass_taps > 15:
+            raise ValueError(f"template_lowpass_taps must be odd, 3..15, got {template_lowpass_taps}")
+        k = torch.tensor([float(math.comb(template_lowpass_taps - 1, i)) for i in range(template_lowpass_taps)])
+        k = k / k.sum()
+        self.register_buffer("lowpass", (k[:, None] * k[None, :]).expand(3, 1, len(k), len(k)).clone(), persistent=False)
         if template:
             self.template = nn.Parameter(torch.zeros(1, 3, image_size, image_size))  # in [-1, 1]
             nn.init.zeros_(self.to_rgb[-1].weight)
@@ -117,7 +121,8 @@ class UNetGenerator(nn.Module):
         """The template as the generator reads it (``1 x 3 x H x W`` in [-1, 1]): low-passed when configured."""
         t = self.template.float()
         if self.template_lowpass:
-            t = F.conv2d(F.pad(t, (2, 2, 2, 2), mode="reflect"), self.lowpass.float(), groups=3)
+            r = self.lowpass.shape[-1] // 2
+            t = F.conv2d(F.pad(t, (r, r, r, r), mode="reflect"), self.lowpass.float(), groups=3)
         return t
 
     def shifted_template(self, visible: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

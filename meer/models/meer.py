@@ -92,7 +92,8 @@ class MEERConfig:
     gen_max_width: int = 256
     gen_grad_to_encoder: bool = True
     gen_template: bool = False  # mean-face template prior (see UNetGenerator); training initialises it
-    gen_template_lowpass: bool = False  # read the template through a 5-tap binomial filter: no stripe grid, no seam
+    gen_template_lowpass: bool = False  # read the template through a binomial filter: no stripe grid, no seam
+    gen_template_lowpass_taps: int = 5  # its length (odd, 3..15): 5 kills the 2 px period, 9 also damps 8 px to 0.53
     # id-preserving loss gradient switches (ablations)
     id_grad_to_generator: bool = True
     id_grad_to_recognizer: bool = True
@@ -154,7 +155,8 @@ class MEER(nn.Module):
         self.head = RecognitionHead(cfg.id_dim, cfg.embedding_dim, cfg.head_dropout, norm=not dlib)
         self.generator = UNetGenerator(self.encoder.channels, deep_size, cfg.id_dim, cfg.gen_width, cfg.gen_max_width,
                                        template=cfg.gen_template, image_size=cfg.image_size,
-                                       template_lowpass=cfg.gen_template_lowpass)
+                                       template_lowpass=cfg.gen_template_lowpass,
+                                       template_lowpass_taps=cfg.gen_template_lowpass_taps)
 
     # ---- parameter groups -------------------------------------------------------------------------------
     def recognizer_parameters(self) -> Iterator[nn.Parameter]:
