@@ -124,6 +124,8 @@ def unpack(pack: Path, dest: Path, json_path: str | None) -> int:
     # data.real_masked_roots is always written ([] when the pack has none), so the recipe's own value never counts
     lines = [f"data.roots={ylist(lab)}", f"data.unlabeled_roots={ylist(unl)}", f"data.real_masked_roots={ylist(real)}",
              f"data.eval_identities={ylist(eval_files)}"]
+    if not real:  # a pack without real masked crops: the recipe's real-mask terms would have no data
+        lines += ["loss.w_real_distill=0", "loss.w_real_id=0"]
     if (dest / "mask_templates" / "masks.cfg").is_file():
         lines.append(f"masking.template_dir={json.dumps(str(dest / 'mask_templates'))}")
     else:
