@@ -339,6 +339,19 @@ def test_lowpass_length_sets_the_template_read_out():
             model(gen_template=True, gen_template_lowpass=True, gen_template_lowpass_taps=bad)
 
 
+def test_frozen_template_gets_no_gradient_and_the_rest_of_the_generator_does():
+    _, masked, mask = batch(2)
+    m = model(gen_template=True, gen_template_lowpass=True, gen_template_frozen=True)
+    m.generator.init_template(torch.rand(3, S, S) * 0.5 + 0.25)
+    (m(masked, mask=mask).generated * mask).mean().backward()
+    assert m.generator.template.grad is None and not m.generator.template.requires_grad
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.generator_parameters())
+    opt = torch.optim.Adam(m.generator_parameters(), lr=0.1)
+    before = m.generator.template.detach().clone()
+    opt.step()
+    assert torch.equal(m.generator.template, before)
+
+
 def test_restore_selected_matches_forward_and_skips_the_generator_for_the_rest():
     m = model().eval()
     _, masked, _ = batch(4)

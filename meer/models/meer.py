@@ -94,6 +94,7 @@ class MEERConfig:
     gen_template: bool = False  # mean-face template prior (see UNetGenerator); training initialises it
     gen_template_lowpass: bool = False  # read the template through a binomial filter: no stripe grid, no seam
     gen_template_lowpass_taps: int = 5  # its length (odd, 3..15): 5 kills the 2 px period, 9 also damps 8 px to 0.53
+    gen_template_frozen: bool = False  # the template stays as initialised (or loaded): it cannot learn per-pixel detail
     # id-preserving loss gradient switches (ablations)
     id_grad_to_generator: bool = True
     id_grad_to_recognizer: bool = True
@@ -157,6 +158,8 @@ class MEER(nn.Module):
                                        template=cfg.gen_template, image_size=cfg.image_size,
                                        template_lowpass=cfg.gen_template_lowpass,
                                        template_lowpass_taps=cfg.gen_template_lowpass_taps)
+        if cfg.gen_template_frozen and self.generator.template is not None:
+            self.generator.template.requires_grad_(False)  # no gradient: the optimiser never moves it
 
     # ---- parameter groups -------------------------------------------------------------------------------
     def recognizer_parameters(self) -> Iterator[nn.Parameter]:
