@@ -70,12 +70,12 @@ def test_a_name_in_two_labelled_roots_is_refused(dataset, real_root, tmp_path):
     twin = make_identity_folders(tmp_path / "twin", ids=6, per=2, seed=4)
     labeled = IdentityFolderDataset([dataset, twin], image_size=64)
     with pytest.raises(MeerError, match="matches 2 labelled identities"):
-        RealMaskedSet([str(real_root)], labeled, set(), 64)
+        RealMaskedSet(IdentityFolderDataset(real_root, image_size=64), labeled)
 
 
 def test_draw_is_reproducible_and_independent_of_the_process_count(dataset, real_root):
     labeled = IdentityFolderDataset(dataset, image_size=64)
-    real = RealMaskedSet([str(real_root)], labeled, set(), 64)
+    real = RealMaskedSet(IdentityFolderDataset(real_root, image_size=64), labeled)
     one, lab1 = real.draw(6, torch.Generator().manual_seed(3), torch.device("cpu"))
     again, _ = real.draw(6, torch.Generator().manual_seed(3), torch.device("cpu"))
     assert torch.equal(one, again)
@@ -104,7 +104,7 @@ def test_identity_target_is_the_clean_mean_computed_once(dataset, teacher_file):
 def test_real_masked_terms_reach_the_recognition_branch_only(dataset, real_root, tmp_path, teacher_file):
     cfg, task, batch = _task_and_batch(dataset, tmp_path, f"data.real_masked_roots=[{real_root}]",
                                        f"loss.teacher={teacher_file}", "loss.w_real_distill=1", "loss.w_real_id=1")
-    real = RealMaskedSet([str(real_root)], IdentityFolderDataset(dataset, image_size=64), set(), 64)
+    real = RealMaskedSet(IdentityFolderDataset(real_root, image_size=64), IdentityFolderDataset(dataset, image_size=64))
     batch.real, batch.real_labels = real.draw(3, torch.Generator().manual_seed(0), torch.device("cpu"))
     targets = IdentityTargets(IdentityFolderDataset(dataset, image_size=64), task.teacher.dim)
     t = targets.lookup(task.teacher.embed, batch.real_labels)

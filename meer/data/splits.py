@@ -83,6 +83,11 @@ def check_split(split: str) -> Split:
     return split  # type: ignore[return-value]
 
 
+def bare_name(name: str) -> str:
+    """An identity's folder name without its root prefix (``lfw/George_W_Bush`` -> ``George_W_Bush``)."""
+    return name.split("/", 1)[-1]
+
+
 def is_eval_identity(name: str, bare_name: str, eval_identities: set[str]) -> bool:
     """True when either the (prefixed) ``name`` or its ``bare_name`` is listed as evaluation-only."""
     return name in eval_identities or bare_name in eval_identities

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from meer.data.identity_folders import IdentityFolderDataset
 from meer.data.recordio import is_recordio
-from meer.data.splits import read_identity_list
+from meer.data.splits import bare_name, read_identity_list
 from meer.masking.batch import MaskAugment
 from meer.training.distributed import DistInfo
 from meer.training.phases import Batch
@@ -102,29 +102,33 @@ def build_splits(data_cfg, seed: int, image_size: int = 112) -> Splits:
             raise MeerError("validation identities are ambiguous across data.roots (same folder name in two roots)")
     else:
         train, val = full, None
+    held_out = eval_only | set(val_names)
+
+    def extra_roots(roots: list[str], key: str, exclude: set[str]) -> IdentityFolderDataset:
+        """Faces of ``data.<key>`` (one photo per person is enough) without the identities in ``exclude``; an
+        evaluation or validation identity left in them is an error."""
+        for r in roots:
+            if not Path(r).is_dir():
+                raise MeerError(f"data root not found: {r} (data.{key})")
+        ds = IdentityFolderDataset(list(roots) if len(roots) > 1 else roots[0], split="train",
+                                   eval_identities=exclude, min_images=1, image_size=image_size)
+        overlap = {bare_name(n) for n in ds.identities} & (eval_only | {bare_name(n) for n in val_names})
+        if overlap:  # cannot happen with meer.data.splits; kept as a last guard
+            raise MeerError(f"evaluation or validation identity in data.{key}: {sorted(overlap)[0]}")
+        return ds
+
     unlabeled = None
     if data_cfg.unlabeled_roots:
-        for r in data_cfg.unlabeled_roots:
-            if not Path(r).is_dir():
-                raise MeerError(f"data root not found: {r} (data.unlabeled_roots)")
-        unlabeled = IdentityFolderDataset(list(data_cfg.unlabeled_roots) if len(data_cfg.unlabeled_roots) > 1
-                                          else data_cfg.unlabeled_roots[0], split="train",
-                                          eval_identities=eval_only | set(val_names), min_images=1,
-                                          image_size=image_size)
-        overlap = {n.split("/", 1)[-1] for n in unlabeled.identities} & (
-            eval_only | {n.split("/", 1)[-1] for n in val_names})
-        if overlap:  # cannot happen with meer.data.splits; kept as a last guard
-            raise MeerError(f"evaluation or validation identity in data.unlabeled_roots: {sorted(overlap)[0]}")
+        unlabeled = extra_roots(list(data_cfg.unlabeled_roots), "unlabeled_roots", held_out)
     leaked = set(train.identities) & (eval_only | set(val_names))
-    bare_leaked = {n for n in train.identities if n.split("/", 1)[-1] in eval_only}
+    bare_leaked = {n for n in train.identities if bare_name(n) in eval_only}
     if leaked or bare_leaked:  # cannot happen with meer.data.splits; kept as a last guard
         raise MeerError(f"evaluation identity in the training split: {sorted(leaked | bare_leaked)[0]}")
     real = None
     if getattr(data_cfg, "real_masked_roots", None):
-        real = RealMaskedSet(list(data_cfg.real_masked_roots), train, eval_only | set(val_names), image_size)
-        real_names = {train.identities[int(lb)].split("/", 1)[-1] for lb in real.labels.unique()}
-        if real_names & (eval_only | {n.split("/", 1)[-1] for n in val_names}):  # last guard, as above
-            raise MeerError("evaluation or validation identity among the real masked photos")
+        # named like the labelled identities, by bare folder name: a validation identity's real photos are left out
+        real = RealMaskedSet(extra_roots(list(data_cfg.real_masked_roots), "real_masked_roots",
+                                         held_out | {bare_name(n) for n in val_names}), train)
     return Splits(train=TrainSet(train, unlabeled), val=val, eval_only=eval_only, val_names=val_names, real=real)
 
 

@@ -32,7 +32,7 @@ from meer.training.data import IdentityFolderTask
 from meer.training.distributed import DistInfo
 from meer.training.ema import EMA
 from meer.training.real_masked import IdentityTargets
-from meer.training.teacher_targets import TeacherTargets
+from meer.training.teacher_targets import TargetTable, TeacherTargets
 from meer.training.task import (NonFiniteLoss, TaskData, autocast_factory, build_schedulers, clip_grad_norm,
                                 count_params, step_schedulers)
 from meer.training.validate import ValSet, validate
@@ -235,8 +235,7 @@ class MEERTask(IdentityFolderTask):
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "scalers": {"g": self.scaler.state_dict(), "d": self.scaler_d.state_dict()},
-            **({"teacher_targets": self.targets.state_dict()} if self.targets is not None else {}),
-            **({"real_targets": self.real_targets.state_dict()} if self.real_targets is not None else {}),
+            **{key: table.state_dict() for key, table in self._target_tables().items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -257,16 +256,12 @@ class MEERTask(IdentityFolderTask):
                 s.load_state_dict(state["schedulers"][k])
         except RuntimeError as exc:
             raise MeerError(f"checkpoint does not fit this model config: {str(exc).splitlines()[0][:200]}") from None
-        if self.targets is not None and "teacher_targets" in state:  # else: filled again as faces are drawn
-            try:
-                self.targets.load_state_dict(state["teacher_targets"])
-            except ValueError as exc:
-                raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
-        if self.real_targets is not None and "real_targets" in state:  # else: computed again as drawn
-            try:
-                self.real_targets.load_state_dict(state["real_targets"])
-            except ValueError as exc:
-                raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
+        for key, table in self._target_tables().items():
+            if key in state:  # else: filled again as faces are drawn
+                try:
+                    table.load_state_dict(state[key])
+                except ValueError as exc:
+                    raise MeerError(f"checkpoint's {exc} (a different training set?)") from None
         if state["scalers"]["g"]:
             self.scaler.load_state_dict(state["scalers"]["g"])
         if state["scalers"]["d"]:
@@ -407,6 +402,11 @@ class MEERTask(IdentityFolderTask):
 
     def _balance(self, local: torch.Tensor) -> torch.Tensor:
         return local.detach() / dd.global_mean(local, self.dist).clamp(min=1e-12)
+
+    def _target_tables(self) -> dict[str, TargetTable]:
+        """The teacher-embedding tables this run keeps with its state, by their key in the checkpoint."""
+        tables = {"teacher_targets": self.targets, "real_targets": self.real_targets}
+        return {k: t for k, t in tables.items() if t is not None}
 
     def _train_mode(self) -> None:
         for m in self.modules().values():

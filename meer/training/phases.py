@@ -69,7 +69,8 @@ WEIGHTS = {
     "distill": "w_distill", "l1_masked": "w_l1", "l1_visible": "w_l1_visible", "lpips": "w_lpips",
     "perceptual_random_trunk": "w_lpips", "perceptual": "w_perceptual", "adv_patch": "w_adv_patch",
     "adv_local": "w_adv_local", "id_preserve": "w_id_preserve", "id_restored": "w_id_restored",
-    "teacher_id": "w_teacher_id", "real_distill": "w_real_distill", "real_id": "w_real_id", "d_patch": None, "d_local": None, "r1": None,
+    "teacher_id": "w_teacher_id", "real_distill": "w_real_distill", "real_id": "w_real_id",
+    "d_patch": None, "d_local": None, "r1": None,
 }
 
 

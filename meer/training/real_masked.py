@@ -19,61 +19,42 @@ person's teacher target the first time it is drawn and keeps it with the run's s
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from meer.data.identity_folders import IdentityFolderDataset
+from meer.data.splits import bare_name
+from meer.training.teacher_targets import TargetTable
 from meer.utils.errors import MeerError
 
 
-def bare(name: str) -> str:
-    return name.split("/", 1)[-1]
-
-
 class RealMaskedSet:
-    """The real masked crops whose person is a labelled training identity.
+    """The real masked crops (``found``: their identity folders, evaluation-only and validation identities already
+    left out) whose person is a labelled training identity of ``labeled``, matched by bare folder name."""
 
-    Args:
-        roots: identity folders (``<root>/<identity>/*.jpg``, aligned crops).
-        labeled: the labelled training set (its identities give the labels).
-        excluded: identities never to use (evaluation-only and validation), bare or prefixed names.
-    """
-
-    def __init__(self, roots: list[str], labeled: IdentityFolderDataset, excluded: set[str], image_size: int = 112):
-        for r in roots:
-            if not Path(r).is_dir():
-                raise MeerError(f"data root not found: {r} (data.real_masked_roots)")
-        excluded_bare = {bare(n) for n in excluded}
-        found = IdentityFolderDataset(list(roots) if len(roots) > 1 else roots[0], split="train",
-                                      eval_identities=excluded | excluded_bare, min_images=1, image_size=image_size)
+    def __init__(self, found: IdentityFolderDataset, labeled: IdentityFolderDataset):
         by_bare: dict[str, list[int]] = {}
         for label, name in enumerate(labeled.identities):
-            by_bare.setdefault(bare(name), []).append(label)
-        images, labels, self.unmatched = [], [], []
-        for name in found.identities:
-            key = bare(name)
-            if key in excluded_bare:  # cannot happen with meer.data.splits; kept as a last guard
-                raise MeerError(f"evaluation or validation identity in data.real_masked_roots: {key}")
-            match = by_bare.get(key, [])
-            if len(match) > 1:
-                raise MeerError(f"real masked identity {key!r} matches {len(match)} labelled identities "
+            by_bare.setdefault(bare_name(name), []).append(label)
+        match: dict[int, int] = {}  # found's label -> labeled's label
+        self.unmatched: list[str] = []
+        for found_label, name in enumerate(found.identities):
+            labels = by_bare.get(bare_name(name), [])
+            if len(labels) > 1:
+                raise MeerError(f"real masked identity {bare_name(name)!r} matches {len(labels)} labelled identities "
                                 "(same folder name in two data.roots)")
-            if not match:
+            if labels:
+                match[found_label] = labels[0]
+            else:
                 self.unmatched.append(name)
-                continue
-            label = found.identities.index(name)
-            for i, s in enumerate(found.samples):
-                if s.label == label:
-                    clean = found[i]["clean"]
-                    images.append((clean * 255.0).round().to(torch.uint8))
-                    labels.append(match[0])
-        if not images:
-            raise MeerError(f"no real masked photo under {', '.join(roots)} belongs to a labelled training identity")
-        self.images = torch.stack(images)
-        self.labels = torch.tensor(labels, dtype=torch.long)
+        kept = [i for i, s in enumerate(found.samples) if s.label in match]
+        if not kept:
+            where = ", ".join(str(r) for _, r in found.roots)
+            raise MeerError(f"no real masked photo under {where} belongs to a labelled training identity")
+        self.images = torch.stack([(found[i]["clean"] * 255.0).round().to(torch.uint8) for i in kept])
+        self.labels = torch.tensor([match[found.samples[i].label] for i in kept], dtype=torch.long)
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -98,9 +79,11 @@ class RealMaskedSet:
         return images, self.labels[idx].to(device)
 
 
-class IdentityTargets:
+class IdentityTargets(TargetTable):
     """``values[label]``: the teacher's mean embedding (unit norm) of a labelled identity's clean photos (both
     mirror images), computed the first time the identity is needed; ``filled`` marks computed ones."""
+
+    what = "identity targets"
 
     def __init__(self, labeled: IdentityFolderDataset, dim: int, batch_size: int = 32) -> None:
         self.labeled = labeled
@@ -123,14 +106,6 @@ class IdentityTargets:
         emb = torch.cat([embed(faces[s:s + self.batch_size]).float() for s in range(0, len(faces), self.batch_size)])
         return nn.functional.normalize(emb.mean(dim=0), dim=0).cpu()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"values": self.values, "filled": self.filled}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if tuple(state["values"].shape) != tuple(self.values.shape):
-            raise ValueError(f"identity targets for {tuple(state['values'].shape)} do not fit {tuple(self.values.shape)}")
-        self.values = state["values"].float().cpu().clone()
-        self.filled = state["filled"].bool().cpu().clone()
 
 
 def summary(real: RealMaskedSet) -> str:

@@ -17,8 +17,27 @@ import torch
 from torch import nn
 
 
-class TeacherTargets:
+class TargetTable:
+    """Teacher embeddings kept with a run's state: ``values`` and the ``filled`` marks of the computed ones."""
+
+    what = "targets"  # named in the error of a table that does not fit
+    values: torch.Tensor
+    filled: torch.Tensor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"values": self.values, "filled": self.filled}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if tuple(state["values"].shape) != tuple(self.values.shape):
+            raise ValueError(f"{self.what} for {tuple(state['values'].shape)} do not fit {tuple(self.values.shape)}")
+        self.values = state["values"].float().cpu().clone()
+        self.filled = state["filled"].bool().cpu().clone()
+
+
+class TeacherTargets(TargetTable):
     """``values[index, flipped]``: the teacher's embedding of that clean face; ``filled`` marks computed ones."""
+
+    what = "teacher targets"
 
     def __init__(self, size: int, dim: int) -> None:
         self.values = torch.zeros(size, 2, dim)
@@ -47,12 +66,3 @@ class TeacherTargets:
     def coverage(self) -> float:
         """The share of (sample, flip) entries computed so far."""
         return float(self.filled.float().mean()) if self.filled.numel() else 0.0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"values": self.values, "filled": self.filled}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if tuple(state["values"].shape) != tuple(self.values.shape):
-            raise ValueError(f"teacher targets for {tuple(state['values'].shape)} do not fit {tuple(self.values.shape)}")
-        self.values = state["values"].float().cpu().clone()
-        self.filled = state["filled"].bool().cpu().clone()
