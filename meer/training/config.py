@@ -32,6 +32,10 @@ class DataConfig:
     batch_size: int = 32  # global batch (split evenly over the processes)
     num_workers: int = 0  # DataLoader worker processes per rank
     hflip: bool = True  # random horizontal flip (drawn from the augmentation generator)
+    # low-resolution copies: this share of the faces is shrunk to a side scale drawn in [lowres_min_scale, 1) and
+    # enlarged back, after masking (clean and masked alike), like the small, soft faces of real photos (RMFRD)
+    lowres_p: float = 0.0
+    lowres_min_scale: float = 0.4
     # roots of faces without identity labels (one photo per person, e.g. faces/lfw_singles): trained for
     # restoration, occlusion and distillation, never by the margin or identity-adversary losses (label -1)
     unlabeled_roots: list[str] = field(default_factory=list)
@@ -225,6 +229,9 @@ def check(cfg: TrainConfig) -> None:
         raise ConfigError("loss.w_real_distill needs a teacher (loss.teacher=dlib)")
     if (cfg.loss.w_real_distill > 0 or cfg.loss.w_real_id > 0) and not cfg.data.real_masked_roots:
         raise ConfigError("loss.w_real_distill / loss.w_real_id need data.real_masked_roots")
+    if not 0.0 <= cfg.data.lowres_p <= 1.0 or not 0.0 < cfg.data.lowres_min_scale <= 1.0:
+        raise ConfigError(f"data.lowres_p must lie in [0, 1] and data.lowres_min_scale in (0, 1], got "
+                          f"{cfg.data.lowres_p} and {cfg.data.lowres_min_scale}")
     if cfg.data.real_masked_per_step < 1:
         raise ConfigError(f"data.real_masked_per_step must be at least 1, got {cfg.data.real_masked_per_step}")
     for w in [f for f in vars(cfg.loss) if f.startswith("w_")]:

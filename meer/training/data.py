@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from meer.data.identity_folders import IdentityFolderDataset
@@ -140,12 +141,31 @@ def collate(items: list[dict]) -> dict:
     return out
 
 
+def degrade(images: torch.Tensor, scales: torch.Tensor, rows: range) -> torch.Tensor:
+    """Each face ``i`` in ``rows`` with ``scales[i] < 1`` shrunk to that fraction of its side (area average, the
+    detail a smaller face in the photo would have) and enlarged back (bilinear): a low-resolution copy at the
+    same geometry. Other faces are returned as they are."""
+    out = images.clone()
+    h, w = images.shape[-2:]
+    for i in rows:
+        s = float(scales[i])
+        if s < 1.0:
+            small = F.interpolate(images[i:i + 1], size=(max(8, round(h * s)), max(8, round(w * s))), mode="area")
+            out[i:i + 1] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return out
+
+
 def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int, world_size: int,
-            hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flip and mask this rank's slice ``clean`` of the global batch.
+            hflip: bool, lowres_p: float = 0.0, lowres_min_scale: float = 0.4,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flip, mask and (with ``lowres_p`` > 0) lower the resolution of this rank's slice ``clean`` of the global batch.
 
     Returns ``(clean, masked, mask, kind, flipped)`` (``flipped``: bool per face). The random draws are made for the whole global batch
-    (other ranks' slots hold zeros), so the result does not depend on the number of processes."""
+    (other ranks' slots hold zeros), so the result does not depend on the number of processes. A face drawn for
+    the low-resolution copy (probability ``lowres_p``, side scale uniform in ``[lowres_min_scale, 1)``) gets it
+    *after* masking, the same for its clean and masked images, so the mask is as blurred as the face (a real
+    masked photo's is) and the clean target still matches the masked input outside the mask; the exact mask
+    stays binary. With ``lowres_p`` = 0 nothing is drawn (older runs' random streams are unchanged)."""
     b = clean.shape[0]
     if world_size > 1:
         full = clean.new_zeros((b * world_size, *clean.shape[1:]))
@@ -159,6 +179,13 @@ def augment(clean: torch.Tensor, masking, generator: torch.Generator, rank: int,
     with torch.no_grad():
         masked, mask, info = masking(full, None, generator=generator)
     sl = slice(rank * b, (rank + 1) * b)
+    if lowres_p > 0:
+        n = full.shape[0]
+        pick = torch.rand(n, generator=generator, device=full.device) < lowres_p
+        scale = lowres_min_scale + (1.0 - lowres_min_scale) * torch.rand(n, generator=generator, device=full.device)
+        scale = torch.where(pick, scale, torch.ones_like(scale))
+        rows = range(sl.start, sl.stop)
+        full, masked = degrade(full, scale, rows), degrade(masked, scale, rows)
     kind = info["kind"].to(device=clean.device, dtype=torch.long)
     return full[sl], masked[sl].clamp(0, 1), mask[sl].float(), kind[sl], flip[sl]
 
@@ -201,7 +228,8 @@ class IdentityFolderTask(Task):
         device = self.dist.device
         clean, masked, mask, kind, flipped = augment(raw["clean"].to(device, non_blocking=True), self.masking,
                                                      generator, self.dist.rank, self.dist.world_size,
-                                                     self.cfg.data.hflip)
+                                                     self.cfg.data.hflip, self.cfg.data.lowres_p,
+                                                     self.cfg.data.lowres_min_scale)
         index = raw.get("index")
         real = real_labels = None
         if self.real is not None:
