@@ -146,6 +146,19 @@ def test_meer_judge_reads_the_crops_exactly_as_given(astronaut_crop):
     assert out.vectors.shape == (3, 12) and out.ok.all()
 
 
+def test_meer_flip_judge_sums_the_crop_and_its_mirror(astronaut_crop):
+    model = FakeMeer()
+    judge = MeerJudge(model, cache_key="fake-flip", name="meer-flip", flip=True)
+    crops = np.stack([astronaut_crop, astronaut_crop[:, ::-1].copy()])
+    out = judge.embed(crops)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    want = torch.nn.functional.normalize(model.embed(x) + model.embed(x.flip(-1)), dim=1)
+    np.testing.assert_allclose(out.vectors, want.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out.vectors[0], out.vectors[1], atol=1e-6)  # a crop and its mirror: one embedding
+    plain = MeerJudge(model, cache_key="fake").embed(crops).vectors
+    assert np.abs(plain[0] - plain[1]).max() > 1e-3  # the quadrant means are not mirror-invariant
+
+
 def test_meer_restoration_reports_its_composite_region_and_keeps_the_rest(astronaut_crop):
     crops = np.stack([astronaut_crop, astronaut_crop[:, ::-1].copy()])
     model = FakeMeer()

@@ -45,7 +45,8 @@ def eval_parser() -> argparse.ArgumentParser:
                    "meer-oracle, telea; embeddings: meer-embed, eum (default: all; unavailable ones are skipped "
                    "with a note)")
     p.add_argument("--judges", nargs="+", default=["dlib", "meer", "facenet"],
-                   help="dlib meer facenet (default), dlib-torch (dlib's network in PyTorch, batched)")
+                   help="dlib meer facenet (default), dlib-torch (dlib's network in PyTorch, batched), meer-flip "
+                   "(meer's embedding of the crop plus its mirror's, insightface's test-time protocol)")
     p.add_argument("--checkpoint", type=Path, help="MEER checkpoint (default: $MEER_CHECKPOINT, shipped, cache)")
     p.add_argument("--eum", type=Path, help="EUM/SRT checkpoint for method eum (scored on the judge it was trained on)")
     p.add_argument("--seed", type=int, default=0, help="synthetic masks and generated pairs (default 0)")
@@ -91,7 +92,8 @@ def make_pairs_main(argv: list[str]) -> int:
 
 def load_model(args) -> tuple[object, str, str | None]:
     """(model or None, cache key, why not)."""
-    wants = {"meer", "meer-oracle", "telea-blind", "meer-embed"} & set(args.methods) or "meer" in args.judges
+    wants = ({"meer", "meer-oracle", "telea-blind", "meer-embed"} & set(args.methods)
+             or {"meer", "meer-flip"} & set(args.judges))
     if not wants:
         return None, "", "not requested"
     from meer.inference.weights import find_checkpoint

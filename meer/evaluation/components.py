@@ -16,7 +16,7 @@ from meer.utils.errors import MeerError
 METHODS = ("none", "meer", "telea-blind", "meer-oracle", "telea", "meer-embed", "eum")
 #: the methods that need the MEER model
 NEEDS_MODEL = ("meer", "meer-oracle", "meer-embed")
-JUDGES = ("dlib", "dlib-torch", "meer", "facenet")
+JUDGES = ("dlib", "dlib-torch", "meer", "meer-flip", "facenet")
 
 
 def check_names(names: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
@@ -65,6 +65,14 @@ def build_components(methods: list[str], judges: list[str], model: torch.nn.Modu
                 from meer.evaluation.judge_meer import MeerJudge
 
                 comp.judges.append(MeerJudge(model, f"meer-{model_key}", device=device))
+        elif j == "meer-flip":
+            if model is None:
+                notes.append(f"judge meer-flip skipped: {model_note or 'no MEER model'}")
+            else:
+                from meer.evaluation.judge_meer import MeerJudge
+
+                comp.judges.append(MeerJudge(model, f"meer-{model_key}-flip", name="meer-flip", device=device,
+                                             flip=True))
         elif j == "facenet":
             from meer.evaluation.judge_facenet import FacenetJudge
 
