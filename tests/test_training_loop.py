@@ -70,6 +70,17 @@ def all_tensors(obj, prefix=""):
     return out
 
 
+def assert_same_task_state(ckpt_a, ckpt_b) -> dict:
+    """The task states of two training checkpoints hold the same keys and bit-identical tensors; returns the first's."""
+    ta = all_tensors(load_state(ckpt_a)["task"])
+    tb = all_tensors(load_state(ckpt_b)["task"])
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if isinstance(ta[k], torch.Tensor):
+            assert torch.equal(ta[k], tb[k]), k
+    return ta
+
+
 # ---------------------------------------------------------------------------------------------------
 
 

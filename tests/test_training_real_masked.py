@@ -18,7 +18,8 @@ from meer.training.config import TrainConfig
 from meer.training.data import build_splits
 from meer.training.real_masked import IdentityTargets, RealMaskedSet
 from meer.utils.errors import MeerError
-from test_training_loop import _grads, _task_and_batch, all_tensors, dataset, make_identity_folders, tiny  # noqa: F401
+from test_training_loop import (_grads, _task_and_batch, assert_same_task_state, dataset,  # noqa: F401
+                                make_identity_folders, tiny)
 from test_training_teacher import CountingTeacher, teacher_file  # noqa: F401
 
 
@@ -136,9 +137,4 @@ def test_training_with_real_masks_resumes_bit_identically(dataset, real_root, tm
     part = loop.train(tiny(dataset, tmp_path / "b", *base, "stop_at_step=4"))
     cfg = load_config(TrainConfig, part.run_dir / "config.yaml", ["stop_at_step=null"])
     resumed = loop.train(cfg, resume=part.run_dir)
-    ta = all_tensors(load_state(full.last_checkpoint)["task"])
-    tb = all_tensors(load_state(resumed.last_checkpoint)["task"])
-    assert ta.keys() == tb.keys()
-    for k in ta:
-        if isinstance(ta[k], torch.Tensor):
-            assert torch.equal(ta[k], tb[k]), k
+    assert_same_task_state(full.last_checkpoint, resumed.last_checkpoint)
