@@ -110,3 +110,21 @@ def test_meer_checkpoint_embedding(crops, tmp_path):
     assert data["embeddings"].shape[0] == 2 and data["embeddings"].shape[1] >= 64
     assert np.allclose(np.linalg.norm(data["embeddings"], axis=1), 1, atol=1e-5)
     assert str(data["model"]) == "meer:meer_112.pt"
+
+
+@pytest.mark.skipif(not CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_flip_embeds_a_crop_and_its_mirror_alike(crops, tmp_path):
+    mirrored = tmp_path / "mirrored"
+    for rel in ("a/astronaut.png", "grace.png"):
+        write_image(mirrored / rel, read_image(crops / rel).rgb[:, ::-1].copy())
+    runs = {}
+    for name, src, extra in (("plain", crops, []), ("flip", crops, ["--flip"]), ("mirror_flip", mirrored, ["--flip"])):
+        out = tmp_path / f"{name}.npz"
+        assert main([str(src), str(out), "--aligned", "--model", str(CHECKPOINT), *extra, *FAST]) == 0
+        data = np.load(out)
+        runs[name] = dict(zip(data["paths"].tolist(), data["embeddings"]))
+        assert str(data["model"]) == "meer:meer_112.pt" + ("+flip" if extra else "")
+    for rel in ("a/astronaut.png", "grace.png"):
+        np.testing.assert_allclose(runs["flip"][rel], runs["mirror_flip"][rel], atol=2e-3)  # fp16 weights, fp32 sums
+        assert np.linalg.norm(runs["flip"][rel]) == pytest.approx(1, abs=1e-5)
+        assert np.abs(runs["flip"][rel] - runs["plain"][rel]).max() > 1e-3

@@ -28,10 +28,20 @@ class EmbedRun:
     seconds: float = 0.0
 
 
+def embed_batch(embedder, images: list[np.ndarray], flip: bool = False) -> np.ndarray:
+    """``embedder.embed(images)``; with ``flip`` the L2-normalised sum of each image's and its horizontal mirror's
+    embeddings (insightface's test-time protocol; for dlib's Euclidean descriptor the same direction as the mean)."""
+    e = embedder.embed(images)
+    if not flip:
+        return e
+    e = e + embedder.embed([np.ascontiguousarray(im[:, ::-1]) for im in images])
+    return (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def embed_folder(root: str | Path, embedder, detector=None, *, aligned: bool = False, batch_size: int = 16,
-                 progress: bool = True) -> EmbedRun:
+                 progress: bool = True, flip: bool = False) -> EmbedRun:
     """``embedder``: see ``meer.inference.embedders``; ``detector``: a ``FaceDetector`` (not needed
-    with ``aligned=True``)."""
+    with ``aligned=True``); ``flip``: see :func:`embed_batch`."""
     root = Path(root)
     if not root.exists():
         raise MeerError(f"input not found: {root}")
@@ -68,7 +78,7 @@ def embed_folder(root: str | Path, embedder, detector=None, *, aligned: bool = F
                     continue
                 ready.append((path, embedder.prepare_photo(rgb, dets[0].landmarks)))  # largest face first
         if ready:
-            vectors.append(embedder.embed([im for _, im in ready]))
+            vectors.append(embed_batch(embedder, [im for _, im in ready], flip))
             run.paths += [p.resolve().relative_to(base).as_posix() for p, _ in ready]
         bar.update(len(chunk))
         bar.set_postfix(embedded=len(run.paths), skipped=len(run.skipped), refresh=False)
